@@ -1,0 +1,153 @@
+"""uvs_cgr: the whole-step op (UVS on theta, CGR on theta_p, in place) for every backend."""
+
+import pytest
+import torch
+from conftest import BACKEND_CASES, TOL, interpreted
+from test_solve_mu import conflicting
+
+from csdfd import ops
+from csdfd.ops import reference
+from csdfd.ops.stats import NONFINITE, ZERO_G0, ZERO_GP, StepStats, diag_size
+
+SHAPES = [(2, 1, 0), (2, 7, 5), (2, 1000, 1000), (3, 1000, 900), (5, 4097, 4000),
+          (2, 100_003, 99_001), (3, 1000, 1)]
+
+
+def make_buf(k: int, p: int, dtype: torch.dtype) -> torch.Tensor:
+    return conflicting(k, p, -0.3).to(dtype)
+
+
+def test_reference_is_uvs_then_cgr():
+    buf = make_buf(2, 300, torch.float64)
+    split = 200
+    g = reference.gram(buf[:, :split])
+    v = reference.uvs(buf[:, :split].clone()).v
+    p = reference.cgr(buf[0, split:], buf[1, split:])
+    stats = reference.uvs_cgr(buf, split)
+    torch.testing.assert_close(buf[0], torch.cat([v, p]))
+    torch.testing.assert_close(stats.gram, g.float())
+    assert isinstance(stats, StepStats) and stats.diag.numel() == diag_size(2)
+
+
+def test_empty_theta_p_is_plain_uvs():
+    buf = make_buf(3, 50, torch.float64)
+    want = reference.uvs(buf.clone()).v
+    stats = reference.uvs_cgr(buf, 50)
+    torch.testing.assert_close(buf[0], want)
+    assert stats.status.item() == 0  # an empty theta_p segment is not a degenerate one
+
+
+@pytest.mark.parametrize("where", ["theta", "theta_p"])
+def test_nonfinite_anywhere_zeroes_the_step(where):
+    buf = make_buf(2, 100, torch.float32)
+    buf[1, 10 if where == "theta" else 90] = float("inf")
+    stats = reference.uvs_cgr(buf, 80)
+    assert torch.equal(buf[0], torch.zeros(100)) and stats.status.item() == NONFINITE
+    assert torch.equal(stats.alpha, torch.zeros(2))
+
+
+def test_zero_theta_p_stream_flags_and_sums():
+    buf = make_buf(2, 100, torch.float64)
+    buf[1, 80:] = 0
+    want_p = buf[0, 80:].clone()
+    stats = reference.uvs_cgr(buf, 80)
+    torch.testing.assert_close(buf[0, 80:], want_p)
+    assert int(stats.status.item()) & ZERO_GP
+
+
+def test_all_zero_buffer_is_finite():
+    buf = torch.zeros(2, 64)
+    stats = reference.uvs_cgr(buf, 32)
+    assert torch.equal(buf[0], torch.zeros(64))
+    assert int(stats.status.item()) & ZERO_G0
+
+
+def check_step(backend, device, dtype, k, p, split, solver="pgd", tau=0.5):
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("triton kernels take fp32/bf16/fp16 gradients")
+    if solver == "exact" and k != 2:
+        pytest.skip("exact solver is K=2 only")
+    buf = make_buf(k, p, dtype)
+    want_buf = buf.clone()
+    want = reference.uvs_cgr(want_buf, split, tau=tau, solver=solver)
+    got_buf = buf.to(device)
+    got = ops.uvs_cgr(got_buf, split, tau=tau, solver=solver, backend=backend)
+    rtol, atol = TOL[dtype]
+    scale = float(want_buf[0].abs().max().float()) + 1e-30
+    torch.testing.assert_close(got_buf[0].cpu().float(), want_buf[0].float(), rtol=rtol,
+                               atol=atol * scale)
+    torch.testing.assert_close(got_buf[1:].cpu(), buf[1:])  # other rows untouched
+    torch.testing.assert_close(got.gram.cpu(), want.gram, rtol=1e-4, atol=1e-4 * scale**2)
+    torch.testing.assert_close(got.mu.cpu(), want.mu, rtol=0, atol=2e-3)
+    assert got.status.item() == want.status.item()
+    return got_buf, got
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("k,p,split", SHAPES)
+def test_backends_match_reference(backend, device, dtype, k, p, split):
+    if interpreted(backend, device) and p > 5000 and dtype != torch.float32:
+        pytest.skip("interpreter: large sizes run in float32 only (speed)")
+    check_step(backend, device, dtype, k, p, split)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_CASES)
+def test_exact_solver(backend, device):
+    check_step(backend, device, torch.float32, 2, 1000, 900, solver="exact")
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_CASES)
+@pytest.mark.parametrize("case", ["zeros", "opposite", "identical", "one_zero_row", "nan", "inf"])
+def test_degenerate_inputs_match_reference(backend, device, case):
+    a = torch.randn(300)
+    rows = {
+        "zeros": torch.zeros(2, 300),
+        "opposite": torch.stack([a, -a]),
+        "identical": torch.stack([a, a]),
+        "one_zero_row": torch.stack([a, torch.zeros(300)]),
+        "nan": torch.stack([a, a.clone().index_fill_(0, torch.tensor([7]), float("nan"))]),
+        "inf": torch.stack([a, a.clone().index_fill_(0, torch.tensor([250]), float("inf"))]),
+    }[case]
+    want_buf = rows.clone()
+    want = reference.uvs_cgr(want_buf, 200)
+    got_buf = rows.to(device)
+    got = ops.uvs_cgr(got_buf, 200, backend=backend)
+    assert torch.isfinite(got_buf[0]).all()
+    torch.testing.assert_close(got_buf[0].cpu(), want_buf[0], rtol=2e-5, atol=1e-5)
+    assert got.status.item() == want.status.item()
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_CASES)
+def test_deterministic(backend, device):
+    buf = make_buf(3, 20_011, torch.float32).to(device)
+    outs = []
+    for _ in range(2):
+        b = buf.clone()
+        stats = ops.uvs_cgr(b, 15_000, backend=backend)
+        outs.append((b[0].clone(), stats.diag.clone()))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_unknown_and_unavailable_backend_errors():
+    buf = torch.randn(2, 10)
+    with pytest.raises(ValueError, match="unknown backend"):
+        ops.uvs_cgr(buf, 5, backend="cudnn")
+    with pytest.raises(RuntimeError, match="Available"):
+        ops.uvs_cgr(buf, 5, backend="cuda")
+    with pytest.raises(ValueError, match="split"):
+        ops.uvs_cgr(buf, 11)
+
+
+@pytest.mark.parametrize("backend,device", [c for c in BACKEND_CASES if c[1] == "cpu"])
+def test_no_allocation_of_size_p(backend, device):
+    """The in-place step allocates nothing as large as the buffer's row (fp32, theta_p small)."""
+    p, split = 200_000, 190_000
+    buf = make_buf(2, p, torch.float32)
+    diag = torch.zeros(diag_size(2))
+    ops.uvs_cgr(buf.clone(), split, diag=diag, backend=backend)  # warm-up (compilation etc.)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        ops.uvs_cgr(buf, split, diag=diag, backend=backend)
+    largest = max((e.cpu_memory_usage for e in prof.events()), default=0)
+    assert largest < p * 4 // 2, f"an allocation of {largest} bytes (row: {p * 4})"
