@@ -78,3 +78,32 @@ def lfw(faces: bool, n: int, size: int = 160) -> list[np.ndarray]:
         grey = cv2.resize((im * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
         out.append(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB))
     return out
+
+
+def write_face_video(path, name: str, n: int = 24, width: int = 320, height: int = 240,
+                     face: int = 150) -> list[tuple[float, float, float, float]]:
+    """An mp4 of the photo's face moving left to right and growing (0.7x to 1.1x) over a flat
+    background; returns the pasted face square (left, top, right, bottom) of every frame."""
+    crop, _ = face_crop(name, size=face, margin=1.6)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (width, height))
+    boxes = []
+    for t in range(n):
+        side = int(face * (0.7 + 0.4 * t / max(n - 1, 1)))
+        x = int(5 + (width - side - 10) * t / max(n - 1, 1))
+        y = int((height - side) / 2 + 8 * np.sin(t / 4))
+        frame = np.full((height, width, 3), (60, 90, 120), np.uint8)
+        frame[y:y + side, x:x + side] = cv2.resize(crop, (side, side))
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        boxes.append((x, y, x + side, y + side))
+    writer.release()
+    return boxes
+
+
+def write_plain_video(path, n: int = 12, width: int = 160, height: int = 120) -> None:
+    """An mp4 without any face (moving gradient), frame t's mean grey level growing with t."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (width, height))
+    ramp = np.linspace(0, 60, width, dtype=np.float32)[None, :, None]
+    for t in range(n):
+        level = np.clip(ramp + t * 180 / max(n - 1, 1), 0, 255)
+        writer.write(np.broadcast_to(level, (height, width, 3)).astype(np.uint8))
+    writer.release()
