@@ -36,3 +36,34 @@ def interpreted(backend: str, device: str) -> bool:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def psi64(gram: torch.Tensor, mu: torch.Tensor, c: float) -> float:
+    """Dual objective of eq. 15 in float64 on the host."""
+    g, m = gram.detach().double().cpu(), mu.detach().double().cpu()
+    return float(m @ g.sum(0) + c * g.sum().clamp_min(0).sqrt() * (m @ g @ m).clamp_min(0).sqrt())
+
+
+def assert_uvs_matches(theta, got_v, got_mu, got_alpha, got_gram, c=0.5):
+    """A backend's UVS agrees with the reference specification.
+
+    mu* is only determined to about sqrt(eps) where psi is flat, so instead of comparing mu
+    directly: (1) the backend's mu is as good a dual solution as the reference's, (2) its alpha is
+    the reference's eq. 14 weights for that mu, and (3) its v is the reference's combination
+    sum_j alpha_j g_j, to the dtype's tolerance.
+    """
+    from csdfd.ops import reference
+
+    dtype = theta.dtype
+    want = reference.uvs(theta.clone(), c)
+    g = want.gram
+    scale_g = float(g.diagonal().sum()) + 1e-30
+    torch.testing.assert_close(got_gram.cpu().to(g.dtype), g, rtol=1e-4, atol=1e-5 * scale_g)
+    assert psi64(g, got_mu, c) <= psi64(g, want.mu, c) + 2e-6 * abs(float(g.sum())) + 1e-30
+    alpha, _ = reference.combine_weights(g, got_mu.cpu().to(g.dtype), c)
+    torch.testing.assert_close(got_alpha.cpu().to(alpha.dtype), alpha, rtol=1e-4, atol=1e-5)
+    v = reference._weighted_sum(theta.clone(), got_alpha.cpu().to(g.dtype), theta[0].clone())
+    # alpha reported through the float32 diagnostics carries float32 rounding
+    rtol, atol = TOL[torch.float32 if dtype == torch.float64 and got_alpha.dtype != dtype else dtype]
+    scale = float(v.abs().max().float()) + 1e-30
+    torch.testing.assert_close(got_v.cpu().float(), v.float(), rtol=rtol, atol=atol * scale)

@@ -1,0 +1,172 @@
+"""Triton device functions for the UVS dual (paper eqs. 14-16) on a K x K Gram matrix, and a
+one-program kernel that exposes them as the ``solve_mu`` op.
+
+The maths and every choice (trace normalisation, FISTA-accelerated projected gradient with
+backtracking, K = 2 bisection, degenerate-input flags) are those of
+``csdfd.ops.reference.solve_mu`` / ``combine_weights``; this file only restates them in Triton.
+Vectors are padded to KP = next_pow2(K) lanes; ``valid`` masks the real ones.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+TINY = 1e-30
+NEG = -1e30
+
+
+@triton.jit
+def _matvec(G, m):
+    """(G m)_i for a [KP, KP] tile and a [KP] vector."""
+    return tl.sum(G * m[None, :], axis=1)
+
+
+@triton.jit
+def _psi(G, b, s0, c, m):
+    """Dual objective of eq. 15 at one point m ([KP])."""
+    gw2 = tl.sum(_matvec(G, m) * m, axis=0)
+    return tl.sum(m * b, axis=0) + c * s0 * tl.sqrt(tl.maximum(gw2, 0.0))
+
+
+@triton.jit
+def _psi_rows(G, b, s0, c, M):
+    """Dual objective of eq. 15 at each row of M ([NB, KP])."""
+    gm = tl.sum(M[:, None, :] * G[None, :, :], axis=2)
+    gw2 = tl.sum(gm * M, axis=1)
+    return tl.sum(M * b[None, :], axis=1) + c * s0 * tl.sqrt(tl.maximum(gw2, 0.0))
+
+
+@triton.jit
+def _project_rows(X, valid):
+    """Euclidean projection of each row of X ([NB, KP]) onto the simplex over the valid lanes.
+
+    Sort-free form of the sort-based rule: theta* = max_i (sum_{j: x_j >= x_i} x_j - 1) / #{j: x_j >= x_i}.
+    """
+    xv = tl.where(valid[None, :], X, NEG)
+    ge = (xv[:, None, :] >= xv[:, :, None]) & valid[None, None, :]  # [NB, i, j]: x_j >= x_i
+    s = tl.sum(tl.where(ge, xv[:, None, :], 0.0), axis=2)
+    n = tl.sum(ge.to(tl.float32), axis=2)
+    theta_i = tl.where(valid[None, :], (s - 1.0) / tl.maximum(n, 1.0), NEG)
+    theta = tl.max(theta_i, axis=1)
+    return tl.where(valid[None, :], tl.maximum(X - theta[:, None], 0.0), 0.0)
+
+
+@triton.jit
+def _pgd(G, valid, k, c, iters, beta0, beta_max, NB: tl.constexpr):
+    """FISTA-accelerated projected gradient with backtracking (reference ``_pgd``)."""
+    lanes = tl.arange(0, NB)
+    b = tl.sum(G, axis=0)
+    s0 = tl.sqrt(tl.maximum(tl.sum(b, axis=0), 0.0))
+    mu = tl.where(valid, 1.0 / k, 0.0)
+    f_mu = _psi(G, b, s0, c, mu)
+    y = mu
+    t = f_mu * 0.0 + 1.0
+    beta = f_mu * 0.0 + beta0
+    ladder = tl.exp2(1.0 - lanes.to(tl.float32))
+    slack = 16 * 1.1920928955078125e-07 * (tl.sum(b, axis=0) + 1.0)
+    for _ in range(iters):
+        gy = _matvec(G, y)
+        nw = tl.sqrt(tl.maximum(tl.sum(gy * y, axis=0), 0.0))
+        grad = b + c * s0 * gy / tl.maximum(nw, TINY)
+        f_y = _psi(G, b, s0, c, y)
+        betas = beta * ladder
+        cand = _project_rows(y[None, :] - betas[:, None] * grad[None, :], valid)
+        d = cand - y[None, :]
+        f_c = _psi_rows(G, b, s0, c, cand)
+        bound = f_y + tl.sum(d * grad[None, :], axis=1) + tl.sum(d * d, axis=1) / (2 * betas)
+        ok = f_c <= bound + slack * (1.0 + tl.abs(f_y))
+        first = tl.min(tl.where(ok, lanes, NB), axis=0)  # largest accepted step
+        moved = first < NB
+        sel = lanes == first
+        new = tl.where(moved, tl.sum(tl.where(sel[:, None], cand, 0.0), axis=0), y)
+        f_new = tl.where(moved, tl.sum(tl.where(sel, f_c, 0.0), axis=0), f_y)
+        last = tl.exp2(1.0 - NB)
+        beta = tl.minimum(tl.where(moved, tl.sum(tl.where(sel, betas, 0.0), axis=0), beta * last),
+                          beta_max)
+        worse = f_new > f_mu
+        t_next = (1.0 + tl.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        y = tl.where(worse, mu, new + ((t - 1.0) / t_next) * (new - mu))
+        t = tl.where(worse, 1.0, t_next)
+        mu = tl.where(worse, mu, new)
+        f_mu = tl.minimum(f_mu, f_new)
+    return mu
+
+
+@triton.jit
+def _exact2(G, rows, cols, c, iters):
+    """K = 2 bisection on the sign of dpsi/dt, mu = (t, 1 - t) (reference ``_exact2``)."""
+    g00 = tl.sum(tl.sum(tl.where((rows[:, None] == 0) & (cols[None, :] == 0), G, 0.0), 1), 0)
+    g01 = tl.sum(tl.sum(tl.where((rows[:, None] == 0) & (cols[None, :] == 1), G, 0.0), 1), 0)
+    g11 = tl.sum(tl.sum(tl.where((rows[:, None] == 1) & (cols[None, :] == 1), G, 0.0), 1), 0)
+    b0, b1 = g00 + g01, g01 + g11
+    s0 = tl.sqrt(tl.maximum(b0 + b1, 0.0))
+    lo = g00 * 0.0
+    hi = lo + 1.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        down = _slope2(g00, g01, g11, b0, b1, s0, c, mid) < 0
+        lo = tl.where(down, mid, lo)
+        hi = tl.where(down, hi, mid)
+    zero_ok = _slope2(g00, g01, g11, b0, b1, s0, c, lo * 0.0) >= 0
+    one_ok = _slope2(g00, g01, g11, b0, b1, s0, c, lo * 0.0 + 1.0) <= 0
+    t = tl.where(zero_ok, 0.0, tl.where(one_ok, 1.0, (lo + hi) / 2))
+    return tl.where(rows == 0, t, tl.where(rows == 1, 1.0 - t, 0.0))
+
+
+@triton.jit
+def _slope2(g00, g01, g11, b0, b1, s0, c, t):
+    gm0 = t * g00 + (1 - t) * g01
+    gm1 = t * g01 + (1 - t) * g11
+    nw = tl.sqrt(tl.maximum(t * gm0 + (1 - t) * gm1, 0.0))
+    curv = tl.where(nw > 0, (gm0 - gm1) / tl.maximum(nw, TINY), 0.0)
+    return (b0 - b1) + c * s0 * curv
+
+
+@triton.jit
+def solve_and_combine(G, rows, cols, k, c, iters, beta0, beta_max, rel,
+                      EXACT: tl.constexpr, NB: tl.constexpr):
+    """From a raw [KP, KP] Gram tile: (mu, alpha, status bits, finite) per reference
+    ``solve_mu`` + ``combine_weights``. Non-finite G -> uniform mu, alpha 0."""
+    valid = rows < k
+    finite = tl.sum(tl.sum((G != G) | (tl.abs(G) == float("inf")), 1), 0) == 0
+    G = tl.where(finite, G, 0.0)
+    diag = tl.where(rows[:, None] == cols[None, :], G, 0.0)
+    tr = tl.sum(tl.sum(diag, 1), 0)
+    gn = G / tl.maximum(tr, TINY)
+    if EXACT:
+        mu = _exact2(gn, rows, cols, c, iters)
+    else:
+        mu = _pgd(gn, valid, k, c, iters, beta0, beta_max, NB)
+    mu = tl.where(finite, mu, tl.where(valid, 1.0 / k, 0.0))
+    g0_sq = tl.sum(tl.sum(G, 1), 0)
+    gw_sq = tl.sum(_matvec(G, mu) * mu, axis=0)
+    zero_g0 = finite & (g0_sq <= rel * tr)
+    zero_gw = finite & (zero_g0 == 0) & (gw_sq <= rel * tr)
+    scale = c * tl.sqrt(tl.maximum(g0_sq, 0.0)) / tl.sqrt(tl.maximum(gw_sq, TINY))
+    alpha = tl.where(zero_g0 | zero_gw, 1.0, 1.0 + scale * mu)
+    alpha = tl.where(finite & valid, alpha, 0.0)
+    status = zero_g0.to(tl.float32) * 2.0 + zero_gw.to(tl.float32) * 4.0
+    return mu, alpha, status, finite
+
+
+@triton.jit
+def _solve_mu_kernel(gram_ptr, mu_ptr, k, c, iters, beta0, beta_max, rel,
+                     KP: tl.constexpr, EXACT: tl.constexpr, NB: tl.constexpr):
+    rows = tl.arange(0, KP)
+    cols = tl.arange(0, KP)
+    m = (rows[:, None] < k) & (cols[None, :] < k)
+    G = tl.load(gram_ptr + rows[:, None] * k + cols[None, :], mask=m, other=0.0)
+    mu, _a, _s, _f = solve_and_combine(G, rows, cols, k, c, iters, beta0, beta_max, rel, EXACT, NB)
+    tl.store(mu_ptr + rows, mu, mask=rows < k)
+
+
+def solve_mu(gram: torch.Tensor, c: float, solver: str, iters: int, beta0: float,
+             beta_max: float, backtracks: int, rel: float) -> torch.Tensor:
+    """Launch one program that solves the dual for a float32 [K, K] Gram matrix; returns mu."""
+    k = gram.shape[0]
+    g = gram.contiguous().float()
+    mu = torch.empty(k, dtype=torch.float32, device=g.device)
+    _solve_mu_kernel[(1,)](g, mu, k, float(c), int(iters), float(beta0), float(beta_max),
+                           float(rel), KP=max(2, triton.next_power_of_2(k)),
+                           EXACT=solver == "exact", NB=backtracks)
+    return mu
