@@ -1,0 +1,135 @@
+"""``python -m csdfd.train``: train a CS-DFD detector (paper Algorithm 1) and test it.
+
+    python -m csdfd.train --fused                      # embedded synthetic benchmark, CS-DFD
+    python -m csdfd.train --mode OS --out runs/os      # a baseline strategy
+    python -m csdfd.train --config my.yaml --epochs 4  # YAML, then flags
+    python -m csdfd.train --out runs/os --resume       # continue runs/os/last.pt
+
+Every Config field is a flag (``--batch-size 32``, ``--amp/--no-amp``); ``--help`` lists them with
+their defaults. The run directory gets config.yaml, metrics.jsonl, curves.png, last.pt, best.pt,
+results.json and results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .config import SYNTHETIC_PRESET, Config, load_yaml, resolve
+
+#: Fields that may change on --resume without breaking bit-exact continuation.
+RESUME_SAFE = {"epochs", "log_every", "tensorboard", "workers", "eval_batch_size", "device"}
+
+
+def _parse_optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "null", "") else kind(text)
+
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field; defaults are SUPPRESSed so only explicit flags override."""
+    group = parser.add_argument_group("configuration (Config fields; YAML keys use _ names)")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        shown = f"default: {default}"
+        if f.name in SYNTHETIC_PRESET:
+            shown += f"; synthetic data: {SYNTHETIC_PRESET[f.name]}"
+        text = f"{f.metadata['help']} ({shown})"
+        if f.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=text)
+            continue
+        kind = {"int": int, "float": float, "str": str, "int | None": _parse_optional(int),
+                "str | None": _parse_optional(str)}[f.type]
+        group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text,
+                           metavar=f.name.upper())
+
+
+def build_parser(prog: str = "python -m csdfd.train") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a deepfake detector with CS-DFD (UVS + CGR) or a baseline "
+                    "strategy, and test it on the in-domain and cross-domain sets.")
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", metavar="FILE.yaml", default=None,
+                     help="YAML file of Config fields, applied before the flags")
+    run.add_argument("--fused", action="store_true",
+                     help="use the fastest available gradient-op backend (backend=auto) and "
+                          "print which")
+    run.add_argument("--out", metavar="DIR", default=None,
+                     help="run directory (default: runs/<date-time>-<mode>)")
+    run.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                     help="continue a run: CKPT, or OUT/last.pt when given without a value")
+    run.add_argument("--stop-after", type=int, default=None, metavar="N",
+                     help="stop after epoch N, saving last.pt (continue with --resume)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    add_config_flags(parser)
+    return parser
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    """YAML values updated by explicit flags (and --fused)."""
+    values = load_yaml(args.config) if args.config else {}
+    flags = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
+    if args.fused:
+        if "backend" in flags:
+            raise ValueError("--fused means backend=auto; drop --fused or --backend")
+        flags["backend"] = "auto"
+    return {**values, **flags}
+
+
+def resolve_run(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
+    """(config, run dir, checkpoint to resume or None) from the parsed arguments."""
+    from .checkpoint import config_of, load_checkpoint
+
+    overrides = overrides_from(args)
+    if args.resume is None:
+        cfg = resolve(overrides)
+        out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.mode}")
+        if (out / "last.pt").exists():
+            raise FileExistsError(f"{out} already holds a run (last.pt); pass --resume to "
+                                  "continue it, or choose another --out")
+        return cfg, out, None
+    if args.resume == "last":
+        if not args.out:
+            raise ValueError("--resume without a checkpoint path needs --out DIR")
+        ckpt = Path(args.out) / "last.pt"
+    else:
+        ckpt = Path(args.resume)
+    stored = config_of(load_checkpoint(ckpt))
+    cfg = resolve(overrides, base=stored.to_dict())
+    changed = sorted(k for k, v in cfg.to_dict().items()
+                     if v != getattr(stored, k) and k not in RESUME_SAFE)
+    if changed:
+        warnings.warn(f"--resume with changed {changed}: the continuation will not match an "
+                      "uninterrupted run", stacklevel=2)
+    return cfg, Path(args.out) if args.out else ckpt.parent, ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .trainer import NonFiniteError, Trainer
+
+    try:  # bad input (config, data path, backbone, weights, checkpoint): one clear line
+        cfg, out, ckpt = resolve_run(args)
+        trainer = Trainer(cfg, out, resume=ckpt, quiet=args.quiet)
+    except (ValueError, OSError, RuntimeError) as exc:
+        parser.exit(2, f"csdfd.train: error: {exc}\n")
+    try:
+        result = trainer.fit(args.stop_after)
+    except NonFiniteError as exc:
+        print(f"csdfd.train: {exc}", file=sys.stderr)
+        return 1
+    return 130 if result["status"] == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

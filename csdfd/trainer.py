@@ -1,0 +1,374 @@
+"""The CS-DFD training loop: paper Algorithm 1, one step at a time (:meth:`Trainer._step`).
+
+1. One forward of ``cat([xr, xf, xs])``: features, projection phi, logits;
+   ``L1`` = BCE over ``[xr, xf]`` (stream 1), ``L2`` = BCE over ``[xr, xs]`` (stream 2), eq. 3.
+2. Per-stream gradients ``g1``, ``g2`` of all trainable parameters, into the rows of one flat
+   [2, P] buffer (:class:`csdfd.FlatGrads`: each ``.grad`` is a view, nothing is copied).
+3. One op on the buffer: CGR on theta_p = phi's parameters (eq. 24) and UVS on theta =
+   everything else (mu* by eq. 16, v* by eq. 14), written in place into row 0.
+4. Optimizer step on row 0 (every ``.grad`` points there).
+
+Strategies (paper Tables II and III) differ only in the streams and in c and tau of step 3:
+
+====== ======= ============================================================================
+mode   streams gradient
+====== ======= ============================================================================
+O      1       dL1 (no buffer; plain backward)
+S      2       dL2 (no buffer; plain backward)
+OS     1, 2    g1 + g2 everywhere: step 3 with c = 0 (v* = g0, eq. 14) and tau = 0 (eq. 24)
+uvs    1, 2    UVS over all parameters, phi included (no CGR segment), c = cfg.c
+cgr    1, 2    g1 + g2 on theta (c = 0), CGR on phi (tau = cfg.tau)
+csdfd  1, 2    UVS on theta (c = cfg.c), CGR on phi (tau = cfg.tau): the method
+====== ======= ============================================================================
+
+Every mode keeps the same network (backbone, phi, classifier), so they differ only in how it is
+updated. With c = 0 the mu loop is skipped (0 iterations): the trust region of eq. 11 is one
+point and v* = g0 exactly.
+
+Non-finite policy: a step whose loss or gradient is not finite (the op's NONFINITE flag, or
+``isfinite`` of the losses / single-stream gradient norm) is skipped (no optimizer update) and
+counted; ``max_nonfinite`` in a row stop the run with NonFiniteError, leaving the last good
+checkpoint untouched. Deciding to skip needs one 1-element host read per step: free on CPU;
+on a GPU it is one synchronisation per step, the same one ``torch.amp.GradScaler`` makes
+(``found_inf``), which costs the overlap of the next step's launches with this step's tail.
+Losses and UVS/CGR diagnostics are read only every ``log_every`` steps (runlog.Window).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, dump_yaml
+from .data import Benchmark, ConcatFrames, blended_copies, get_blend, load_benchmark
+from .data.stream import StepDataset, step_loader
+from .flatgrads import FlatGrads
+from .inference import evaluate_sets, to_input
+from .metrics import mean_over
+from .models import build_model, normalisation
+from .ops import dispatch
+from .ops.stats import NONFINITE
+from .plots import plot_curves
+from .report import IN_DOMAIN, table, write_results
+from .runlog import RunLog, Window
+
+
+@dataclass(frozen=True)
+class Strategy:
+    streams: tuple[int, ...]  # 1: [xr, xf], 2: [xr, xs]
+    uvs: bool  # use c (else c = 0: v* = g1 + g2)
+    cgr: bool  # use tau on phi (else tau = 0: phi gets g1 + g2)
+    phi_segment: bool  # phi is the CGR segment theta_p (else UVS covers it too)
+
+
+STRATEGIES = {
+    "O": Strategy((1,), False, False, False),
+    "S": Strategy((2,), False, False, False),
+    "OS": Strategy((1, 2), False, False, True),
+    "uvs": Strategy((1, 2), True, False, False),
+    "cgr": Strategy((1, 2), False, True, True),
+    "csdfd": Strategy((1, 2), True, True, True),
+}
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite steps."""
+
+
+class Trainer:
+    """Owns the model, optimizer, data and run directory of one training run."""
+
+    def __init__(self, cfg: Config, out: str | Path, bench: Benchmark | None = None,
+                 resume: str | Path | None = None, quiet: bool = False):
+        self.cfg, self.out, self.quiet = cfg, Path(out), quiet
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = _device(cfg.device)
+        self.strategy = st = STRATEGIES[cfg.mode]
+        self.backend = dispatch.resolve(cfg.backend, self.device)
+        self.c, self.tau = (cfg.c if st.uvs else 0.0), (cfg.tau if st.cgr else 0.0)
+        self.iters = cfg.mu_iters if st.uvs else 0  # c = 0: mu is irrelevant, skip the loop
+        self.bench = bench if bench is not None else load_benchmark(cfg)
+        self.blend = get_blend(cfg.blend)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg).to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.mean, self.std = normalisation(self.model)
+        self.fg = self._flat_grads()
+        self.opt = _optimizer(cfg, self.model)
+        self.steps_per_epoch = len(self.bench.train_real) // cfg.batch_size
+        total = cfg.epochs * max(self.steps_per_epoch, 1)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg, total))
+        self.eval_sets = self._eval_sets()
+        self.epoch = self.step = self.global_step = self.skipped = self.consecutive = 0
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.train_time = 0.0
+        if resume is not None:
+            self._restore(load_checkpoint(resume, self.device))
+        self.log = RunLog(self.out, self.global_step if resume else None, cfg.tensorboard, quiet)
+        dump_yaml(cfg, self.out / "config.yaml")
+
+    def _flat_grads(self) -> FlatGrads | None:
+        """The [2, P] buffer of the two-stream modes; phi is its CGR segment when it has one."""
+        if len(self.strategy.streams) == 1:
+            return None
+        if self.strategy.phi_segment:
+            return FlatGrads(self.model.theta(), self.model.theta_p(), k=2)
+        return FlatGrads(self.model.named_parameters(), (), k=2)
+
+    def _eval_sets(self) -> dict:
+        """Validation (selection only) + in-domain test + each cross-domain target."""
+        val = self.bench.val
+        if self.cfg.val_blend and self.bench.val_real is not None:
+            val = ConcatFrames([val, blended_copies(self.bench.val_real, self.blend,
+                                                    self.cfg.seed)])
+        return {"val": val, IN_DOMAIN: self.bench.test, **self.bench.targets}
+
+    # --- Algorithm 1 ---------------------------------------------------------------------------
+    def _step(self, batch: dict) -> tuple[list, object, torch.Tensor | None, torch.Tensor]:
+        """One training step up to (not including) the optimizer; returns the per-stream
+        losses [L1 | None, L2 | None], the UVS/CGR stats, the gradient norm of single-stream
+        modes, and a 0-dim bool tensor that is True when the step must be skipped."""
+        cfg, st = self.cfg, self.strategy
+        x = [to_input(batch[k], self.mean, self.std, self.device, cfg.channels_last)
+             for k in ("xr", "xf", "xs") if k in batch]
+        n = len(x[0])
+        # Step 1: one forward of [xr, xf, xs] -> features -> phi -> logits
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            logits = self.model(torch.cat(x)).float()
+        real, *fakes = logits.split(n)
+        target = torch.cat([torch.zeros(n), torch.ones(n)]).to(self.device)
+        stream_losses = [F.binary_cross_entropy_with_logits(torch.cat([real, f]), target)
+                         for f in fakes]
+        losses: list = [None, None]
+        for s, loss in zip(st.streams, stream_losses):
+            losses[s - 1] = loss
+        if self.fg is None:  # O or S: one stream, plain gradient
+            self.opt.zero_grad(set_to_none=True)
+            stream_losses[0].backward()
+            norm = _total_norm(self.model.parameters())
+            return losses, None, norm, ~torch.isfinite(stream_losses[0] + norm)
+        # Step 2: g1 and g2 into rows 0 and 1 of the flat buffer
+        self.fg.backward(stream_losses)
+        # Step 3: CGR on theta_p (eq. 24), UVS on theta (eqs. 14-16), in place into row 0
+        stats = self.fg.step(self.c, self.tau, cfg.solver, self.iters, self.backend)
+        bad = ~torch.isfinite(stream_losses[0] + stream_losses[1])
+        bad |= (stats.status.to(torch.int32) & NONFINITE) != 0
+        return losses, stats, None, bad
+
+    def _train_epoch(self, stop: _GracefulStop) -> None:
+        cfg = self.cfg
+        ds = StepDataset(self.bench, self.blend, cfg.batch_size, cfg.img_size, cfg.seed,
+                         self.epoch, self.strategy.streams, cfg.hflip)
+        bar = self.log.bar(len(ds), self.step, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        window = Window(self.device)
+        t0 = time.perf_counter()
+        for batch in step_loader(ds, self.step, cfg.workers):
+            losses, stats, norm, bad = self._step(batch)
+            finite = not bool(bad)  # the one per-step host read (module docstring)
+            if finite:
+                self.opt.step()  # Step 4
+                self.consecutive = 0
+            else:
+                self._count_nonfinite()
+            self.sched.step()
+            self.step += 1
+            self.global_step += 1
+            window.add(losses, len(batch) * cfg.batch_size, finite)
+            bar.update()
+            if self.global_step % cfg.log_every == 0:
+                bar.set_postfix(self._log_train(window, stats, norm), refresh=False)
+            if stop.requested:
+                break
+        bar.close()
+        self.train_time += time.perf_counter() - t0
+
+    def _count_nonfinite(self) -> None:
+        self.skipped += 1
+        self.consecutive += 1
+        if self.consecutive >= self.cfg.max_nonfinite:
+            last = self.out / "last.pt"
+            kept = (f"the last good checkpoint {last} (epoch {self.history[-1]['epoch']}) is kept"
+                    if self.history and last.exists() else "no checkpoint had been written yet")
+            raise NonFiniteError(
+                f"stopping: {self.consecutive} consecutive training steps had a non-finite loss "
+                f"or gradient (epoch {self.epoch + 1}, step {self.step + 1}; {self.skipped} "
+                f"skipped in total); {kept}. Try a lower --lr, or toggle --amp."
+            )
+
+    def _log_train(self, window: Window, stats, norm) -> dict:
+        row = {"kind": "train", "step": self.global_step, "epoch": self.epoch + 1,
+               **window.read(), "lr": self.sched.get_last_lr()[0], "skipped": self.skipped}
+        if stats is not None:
+            row.update(stats.to_dict())
+        if norm is not None:
+            row["grad_norm"] = float(norm)
+        self.log.write(row)
+        return {k: f"{row[k]:.3f}" for k in ("L1", "L2", "cos") if row.get(k) is not None}
+
+    # --- epochs, evaluation, checkpoints -------------------------------------------------------
+    def fit(self, stop_after: int | None = None) -> dict:
+        """Train to ``cfg.epochs`` (or stop after epoch ``stop_after``); returns the results,
+        or ``{"status": "interrupted" | "stopped", ...}`` with last.pt saved to resume from."""
+        t_start = time.perf_counter()
+        self.log.print(f"{self.bench.name} | {self.cfg.backbone} | mode {self.cfg.mode} | "
+                       f"gradient ops backend: {self.backend} | device {self.device}")
+        try:
+            with _GracefulStop() as stop:
+                while self.epoch < self.cfg.epochs:
+                    if self.step < self.steps_per_epoch:
+                        self._train_epoch(stop)
+                    if self.step >= self.steps_per_epoch:
+                        self._end_epoch()
+                    if stop.requested or (stop_after is not None and self.epoch >= stop_after
+                                          and self.epoch < self.cfg.epochs):
+                        return self._pause("interrupted" if stop.requested else "stopped")
+            return self._finish(time.perf_counter() - t_start)
+        finally:
+            self.log.close()
+
+    def _end_epoch(self) -> None:
+        res = evaluate_sets(self.model, self.eval_sets, self.cfg.img_size,
+                            self.cfg.eval_batch_size, self.cfg.amp, self.cfg.channels_last)
+        val = res.pop("val")
+        row = {"kind": "eval", "epoch": self.epoch + 1, "step": self.global_step, "val": val,
+               "test": res, "cross_domain_mean": mean_over(res, list(self.bench.targets))}
+        self.history.append(row)
+        self.log.write(row)
+        self.epoch, self.step = self.epoch + 1, 0
+        improved = self.best is None or val["auc"] > self.best["val_auc"]
+        if improved:  # selection on the validation split only, never on a test set
+            self.best = {"epoch": row["epoch"], "val_auc": val["auc"]}
+            save_checkpoint(self._state(), self.out / "best.pt")
+        save_checkpoint(self._state(), self.out / "last.pt")
+        self.log.print(f"epoch {row['epoch']}: val AUC {100 * val['auc']:.2f} | in-domain "
+                       f"{100 * res[IN_DOMAIN]['auc']:.2f} | cross-domain mean "
+                       f"{100 * row['cross_domain_mean']['auc']:.2f}" + (" *" if improved else ""))
+
+    def _pause(self, status: str) -> dict:
+        path = save_checkpoint(self._state(), self.out / "last.pt")
+        self._plot()
+        self.log.print(f"{status} at epoch {self.epoch + 1} step {self.step}: saved {path}; "
+                       f"continue with --resume {path}")
+        return {"status": status, "checkpoint": str(path), "epoch": self.epoch,
+                "step": self.step}
+
+    def _finish(self, wall: float) -> dict:
+        best = self.history[self.best["epoch"] - 1]
+        label = f"{self.cfg.backbone} ({self.cfg.mode})"
+        result = {
+            "status": "finished", "label": label, "benchmark": self.bench.name,
+            "selected": {"epoch": best["epoch"], "by": "validation AUC", "val": best["val"]},
+            "test": best["test"], "cross_domain_mean": best["cross_domain_mean"],
+            "last_epoch": self.history[-1], "backend": self.backend,
+            "nonfinite_skipped": self.skipped, "train_time_s": self.train_time,
+            "wall_time_s": wall, "config": self.cfg.to_dict(), "out": str(self.out),
+        }
+        write_results(self.out, label, result, f"CS-DFD results: {self.bench.name}")
+        self._plot()
+        self.log.print(f"\nTest AUC (%) of the checkpoint selected on validation (epoch "
+                       f"{best['epoch']}):\n{table([(label, result)])}\n"
+                       f"results: {self.out / 'results.md'}, curves: {self.out / 'curves.png'}")
+        return result
+
+    def _plot(self) -> None:
+        plot_curves({self.cfg.mode: self.log.rows()}, self.out / "curves.png",
+                    f"{self.cfg.backbone} ({self.cfg.mode}): L1 = [xr, xf], L2 = [xr, xs]")
+
+    def _state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
+                "rng": rng, "history": self.history, "best": self.best,
+                "nonfinite": {"skipped": self.skipped, "consecutive": self.consecutive},
+                "train_time_s": self.train_time}
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.global_step = state["global_step"]
+        self.history, self.best = state["history"], state["best"]
+        self.skipped = state["nonfinite"]["skipped"]
+        self.consecutive = state["nonfinite"]["consecutive"]
+        self.train_time = state.get("train_time_s", 0.0)
+
+
+class _GracefulStop:
+    """First Ctrl-C: finish the current step, save last.pt, return. Second: stop at once."""
+
+    def __enter__(self) -> _GracefulStop:
+        self.requested = False
+        self.prev = None
+        if threading.current_thread() is threading.main_thread():
+            self.prev = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self.prev)
+        print("\nCtrl-C: saving a checkpoint after this step (press again to abort)", flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.prev is not None:
+            signal.signal(signal.SIGINT, self.prev)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _lr_lambda(cfg: Config, total: int):
+    """Linear warmup over ``cfg.warmup`` of the steps, then cosine to 0 (or constant)."""
+    warm = int(cfg.warmup * total)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return factor
+
+
+def _total_norm(params) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def train(cfg: Config, out: str | Path, **kwargs) -> dict:
+    """Run one training job (see :class:`Trainer`); ``kwargs``: bench, resume, quiet,
+    stop_after."""
+    stop_after = kwargs.pop("stop_after", None)
+    return Trainer(cfg, out, **kwargs).fit(stop_after)
