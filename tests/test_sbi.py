@@ -150,11 +150,32 @@ def test_random_crop_keeps_landmarks_on_the_face(face):
     for seed in range(5):
         crop, clm = S.random_crop(img, lm, np.random.default_rng(seed))
         assert crop.shape == (256, 256, 3)
-        # margins of 4-20 % per side (+25 % above the brows): the landmarks fill most of it
+        # margins of 4-20 % per side (+10 % above the brows): the landmarks fill most of it
         lo, hi = S.DEFAULT.crop_margin
+        top = S.DEFAULT.crop_top_extra
         span = clm.max(axis=0) - clm.min(axis=0)
-        assert span[0] >= 256 / (1 + 2 * hi) - 1 and span[1] >= 256 / (1.25 + 2 * hi) - 1
+        assert span[0] >= 256 / (1 + 2 * hi) - 1 and span[1] >= 256 / (1 + top + 2 * hi) - 1
         assert (span <= 256 / (1 + 2 * lo) + 1).all() and (clm.min(axis=0) >= 0).all()
+
+
+def test_eval_crop_sits_in_the_middle_of_the_training_margins(face):
+    img, lm = face
+    crop, clm = S.eval_crop(img, lm)
+    again, _ = S.eval_crop(img, lm)
+    np.testing.assert_array_equal(crop, again)
+    mid, top = sum(S.DEFAULT.crop_margin) / 2, S.DEFAULT.crop_top_extra
+    np.testing.assert_allclose(clm.min(axis=0), [256 * mid / (1 + 2 * mid),
+                                                 256 * (mid + top) / (1 + 2 * mid + top)],
+                               rtol=1e-4)
+
+
+def test_augment_is_deterministic_and_crops(face):
+    """augment(): SBI's crop, flip and post-augmentation for frames that are not blended."""
+    img, lm = face
+    out, olm = S.augment(img, lm, np.random.default_rng(3))
+    assert out.shape == (256, 256, 3) and olm.shape == (68, 2)
+    a, _ = S.augment(img, lm, np.random.default_rng(3))
+    np.testing.assert_array_equal(out, a)
 
 
 def test_variety_over_seeds(face):

@@ -59,7 +59,7 @@ class SBIConfig:
     size: int = 256  # output side of sbi_pair (the project's crops are 256 x 256)
     # random crop margins around the landmark box, fraction of its width / height per side
     crop_margin: tuple[float, float] = (0.04, 0.20)
-    crop_top_extra: float = 0.25  # 68 points stop at the brows: keep some forehead above them
+    crop_top_extra: float = 0.1  # 68 points stop at the brows: keep some forehead above them
     p_flip: float = 0.5
     # STG colour + frequency augmentation, applied to the source (else to the target)
     p_augment_source: float = 0.5
@@ -287,23 +287,41 @@ def blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     return np.clip(fake + 0.5, 0, 255).astype(np.uint8), mask
 
 
+def _crop(img: np.ndarray, lm: np.ndarray, margins: np.ndarray,
+          size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop the landmark box grown by ``margins`` (left, right, top, bottom; fractions of the
+    box), resized to ``size`` square; beyond the image is black, as in preprocessing."""
+    (x0, y0), (x1, y1) = lm.min(axis=0), lm.max(axis=0)
+    bw, bh = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+    cx0, cx1 = x0 - margins[0] * bw, x1 + margins[1] * bw
+    cy0, cy1 = y0 - margins[2] * bh, y1 + margins[3] * bh
+    sx, sy = size / (cx1 - cx0), size / (cy1 - cy0)
+    affine = np.array([[sx, 0, -cx0 * sx], [0, sy, -cy0 * sy]], np.float32)
+    out = cv2.warpAffine(img, affine, (size, size), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT)
+    return out, (lm * (sx, sy) + (-cx0 * sx, -cy0 * sy)).astype(np.float32)
+
+
+def _top_extra(lm: np.ndarray, cfg: SBIConfig) -> float:
+    return cfg.crop_top_extra if lm.shape[0] == 68 else 0.0  # 81 points reach the forehead
+
+
 def random_crop(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
                 cfg: SBIConfig = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
     """Crop the landmark box plus random margins per side, resized to ``cfg.size`` square."""
     lm = check_face(img, landmarks)
-    h, w = img.shape[:2]
-    (x0, y0), (x1, y1) = lm.min(axis=0), lm.max(axis=0)
-    bw, bh = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
-    left, right, top, bottom = rng.uniform(*cfg.crop_margin, 4)
-    if lm.shape[0] == 68:
-        top += cfg.crop_top_extra
-    cx0, cx1 = max(0.0, x0 - left * bw), min(float(w), x1 + right * bw)
-    cy0, cy1 = max(0.0, y0 - top * bh), min(float(h), y1 + bottom * bh)
-    sx, sy = cfg.size / (cx1 - cx0), cfg.size / (cy1 - cy0)
-    affine = np.array([[sx, 0, -cx0 * sx], [0, sy, -cy0 * sy]], np.float32)
-    out = cv2.warpAffine(img, affine, (cfg.size, cfg.size), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REFLECT_101)
-    return out, (lm * (sx, sy) + (-cx0 * sx, -cy0 * sy)).astype(np.float32)
+    margins = rng.uniform(*cfg.crop_margin, 4)
+    margins[2] += _top_extra(lm, cfg)
+    return _crop(img, lm, margins, cfg.size)
+
+
+def eval_crop(img: np.ndarray, landmarks: np.ndarray,
+              cfg: SBIConfig = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
+    """The deterministic crop for evaluation: margins at the middle of the training range."""
+    lm = check_face(img, landmarks)
+    margins = np.full(4, sum(cfg.crop_margin) / 2)
+    margins[2] += _top_extra(lm, cfg)
+    return _crop(img, lm, margins, cfg.size)
 
 
 def hflip(img: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -313,6 +331,31 @@ def hflip(img: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarra
     lm[:, 0] = img.shape[1] - landmarks[:, 0]
     lm[:68] = lm[MIRROR_68]
     return out, lm
+
+
+def _post(images: list[np.ndarray], rng: np.random.Generator,
+          cfg: SBIConfig) -> list[np.ndarray]:
+    """The same colour jitter and JPEG quality for every image of ``images``."""
+    if rng.random() < cfg.p_post_colour:
+        colour = _sample_colour(rng, cfg)
+        images = [_apply_colour(im, colour) for im in images]
+    if rng.random() < cfg.p_jpeg:
+        quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+        images = [_jpeg(im, quality) for im in images]
+    return images
+
+
+def augment(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
+            cfg: SBIConfig = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
+    """SBI's training augmentation without the blend: random crop, flip, colour, JPEG.
+
+    For frames that enter training beside SBI pairs (original fakes of stream 1), so that
+    every training image sees the same augmentation distribution.
+    """
+    img, lm = random_crop(img, landmarks, rng, cfg)
+    if rng.random() < cfg.p_flip:
+        img, lm = hflip(img, lm)
+    return _post([img], rng, cfg)[0], lm
 
 
 def sbi_pair(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
@@ -326,13 +369,7 @@ def sbi_pair(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     if rng.random() < cfg.p_flip:
         img, lm = hflip(img, lm)
     fake, mask = blend(img, lm, rng, cfg)
-    real = img
-    if rng.random() < cfg.p_post_colour:
-        colour = _sample_colour(rng, cfg)
-        real, fake = _apply_colour(real, colour), _apply_colour(fake, colour)
-    if rng.random() < cfg.p_jpeg:
-        quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
-        real, fake = _jpeg(real, quality), _jpeg(fake, quality)
+    real, fake = _post([img, fake], rng, cfg)
     return SBISample(real, fake, mask, lm)
 
 
