@@ -291,15 +291,19 @@ def _crop(img: np.ndarray, lm: np.ndarray, margins: np.ndarray,
           size: int) -> tuple[np.ndarray, np.ndarray]:
     """Crop the landmark box grown by ``margins`` (left, right, top, bottom; fractions of the
     box), resized to ``size`` square; beyond the image is black, as in preprocessing."""
+    affine = _crop_affine(lm, margins, size)
+    out = cv2.warpAffine(img, affine, (size, size), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT)
+    return out, (lm * affine[[0, 1], [0, 1]] + affine[:, 2]).astype(np.float32)
+
+
+def _crop_affine(lm: np.ndarray, margins: np.ndarray, size: int) -> np.ndarray:
     (x0, y0), (x1, y1) = lm.min(axis=0), lm.max(axis=0)
     bw, bh = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
     cx0, cx1 = x0 - margins[0] * bw, x1 + margins[1] * bw
     cy0, cy1 = y0 - margins[2] * bh, y1 + margins[3] * bh
     sx, sy = size / (cx1 - cx0), size / (cy1 - cy0)
-    affine = np.array([[sx, 0, -cx0 * sx], [0, sy, -cy0 * sy]], np.float32)
-    out = cv2.warpAffine(img, affine, (size, size), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT)
-    return out, (lm * (sx, sy) + (-cx0 * sx, -cy0 * sy)).astype(np.float32)
+    return np.array([[sx, 0, -cx0 * sx], [0, sy, -cy0 * sy]], np.float32)
 
 
 def _top_extra(lm: np.ndarray, cfg: SBIConfig) -> float:
@@ -315,13 +319,24 @@ def random_crop(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator
     return _crop(img, lm, margins, cfg.size)
 
 
+def _eval_margins(lm: np.ndarray, cfg: SBIConfig) -> np.ndarray:
+    margins = np.full(4, sum(cfg.crop_margin) / 2)
+    margins[2] += _top_extra(lm, cfg)
+    return margins
+
+
 def eval_crop(img: np.ndarray, landmarks: np.ndarray,
               cfg: SBIConfig = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
     """The deterministic crop for evaluation: margins at the middle of the training range."""
     lm = check_face(img, landmarks)
-    margins = np.full(4, sum(cfg.crop_margin) / 2)
-    margins[2] += _top_extra(lm, cfg)
-    return _crop(img, lm, margins, cfg.size)
+    return _crop(img, lm, _eval_margins(lm, cfg), cfg.size)
+
+
+def eval_crop_landmarks(landmarks: np.ndarray, cfg: SBIConfig = DEFAULT) -> np.ndarray:
+    """Where :func:`eval_crop` moves the landmarks (no image needed)."""
+    lm = np.asarray(landmarks, np.float32)
+    affine = _crop_affine(lm, _eval_margins(lm, cfg), cfg.size)
+    return (lm * affine[[0, 1], [0, 1]] + affine[:, 2]).astype(np.float32)
 
 
 def hflip(img: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,263 @@
+"""Face frames on disk: the output of ``python -m csdfd.preprocess`` or a DeepfakeBench index.
+
+:func:`open_faces` reads a dataset spec into :class:`FaceVideo` records:
+
+- ``NAME:FACES`` where FACES is a folder written by ``python -m csdfd.preprocess`` (it has an
+  ``index.json``); NAME is the layout it came from (``ffpp``, ``celebdf``, ...);
+- ``deepfakebench:FILE.json[,root=DIR]``: a dataset JSON of DeepfakeBench
+  (``{dataset: {label: {split: {[quality:] {video: {"frames": [...]}}}}}}``); labels whose
+  name contains "real" are 0, others 1; landmarks are read from the sibling ``landmarks/``
+  folder where present; frame paths are resolved against ``root`` (default: the current
+  folder), dropping leading components until they exist.
+
+Options after a comma: ``quality=c23`` (FF++ compression to keep), ``methods=A+B`` (keep those
+methods), ``frames=N`` (N frames per video, evenly spaced).
+
+:class:`DiskFrames` serves the frames of a list of videos through the
+:class:`csdfd.data.Frames` interface (``labels``, ``images(idx)``, ``landmarks(idx)``), read
+lazily so that memory stays bounded whatever the dataset size. ``images`` returns the
+evaluation crop of SBI (:func:`csdfd.data.sbi.eval_crop`: the landmark box with the middle of
+the training margins); ``raw`` returns the stored crops, from which training draws random crops.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from . import layouts
+from .faces import even_indices
+from .sbi import DEFAULT, SBIConfig, eval_crop, eval_crop_landmarks
+
+if TYPE_CHECKING:
+    from . import Benchmark
+
+INDEX_NAME = "index.json"
+
+
+@dataclass
+class FaceVideo:
+    """The face crops of one video, with their landmarks file(s) if any."""
+
+    key: str  # dataset/method/video_id
+    method: str
+    label: int
+    split: str
+    frames: list[Path]
+    landmarks: Path | list[Path] | None = None  # one [n, K, 2] .npy, or one [K, 2] per frame
+    quality: str = ""
+
+    def landmark_rows(self) -> np.ndarray:
+        """[n, K, 2] float32 landmarks of all frames."""
+        if self.landmarks is None:
+            raise ValueError(f"{self.key} has no landmarks; SBI and the evaluation crop need "
+                             "them (preprocess with python -m csdfd.preprocess)")
+        if isinstance(self.landmarks, Path):
+            return np.load(self.landmarks).astype(np.float32)
+        return np.stack([np.load(p).reshape(-1, 2) for p in self.landmarks]).astype(np.float32)
+
+
+def open_faces(spec: str, quality: str | None = None) -> tuple[str, list[FaceVideo]]:
+    """(dataset name, its videos) for a spec ``NAME:PATH[,options]`` (see module docstring)."""
+    name, path, opts = layouts.parse_spec(spec)
+    unknown = set(opts) - {"quality", "methods", "frames", "root"}
+    if unknown:
+        raise ValueError(f"{spec}: unknown options {sorted(unknown)}; use quality=, methods=, "
+                         "frames= (and root= for deepfakebench)")
+    quality = opts.get("quality", quality)
+    if name == "deepfakebench":
+        name, videos = _deepfakebench(path, Path(opts.get("root", ".")), quality)
+    else:
+        videos = _csdfd_index(name, path, quality)
+    if "methods" in opts:
+        keep = set(opts["methods"].replace("+", ",").split(","))
+        videos = [v for v in videos if v.method in keep or v.label == 0]
+    if "frames" in opts:
+        n = int(opts["frames"])
+        for v in videos:
+            v.frames = [v.frames[i] for i in even_indices(len(v.frames), n)]
+            v.landmarks = _subset_landmarks(v, n)
+    if not videos:
+        raise ValueError(f"{spec}: no videos with faces (quality={quality}, options {opts})")
+    return name, videos
+
+
+def _subset_landmarks(v: FaceVideo, n: int):
+    if isinstance(v.landmarks, list):
+        return [v.landmarks[i] for i in even_indices(len(v.landmarks), n)]
+    return v.landmarks  # a per-video array: rows are picked with the frames (see DiskFrames)
+
+
+def _csdfd_index(name: str, root: Path, quality: str | None) -> list[FaceVideo]:
+    index_path = root / INDEX_NAME
+    if not index_path.exists():
+        hint = (f"python -m csdfd.preprocess {name}:{root} --out FACES, then pass {name}:FACES"
+                if root.exists() else "check the path")
+        raise FileNotFoundError(f"{index_path} not found: {name}:PATH takes a folder written by "
+                                f"python -m csdfd.preprocess ({hint})")
+    index = json.loads(index_path.read_text())
+    if index.get("format") != "csdfd-faces/1":
+        raise ValueError(f"{index_path} is not a csdfd face index (format "
+                         f"{index.get('format')!r})")
+    if index.get("dataset") not in (name, None) and name != "folder":
+        raise ValueError(f"{index_path} holds dataset {index['dataset']!r}, not {name!r}")
+    videos = []
+    for entry in index["videos"]:
+        if entry["status"] != "ok":
+            continue
+        if quality and entry.get("quality") and entry["quality"] != quality:
+            raise ValueError(f"{index_path} was preprocessed at quality {entry['quality']}, not "
+                             f"{quality}; preprocess {quality} into another folder")
+        folder = root / entry["dir"]
+        videos.append(FaceVideo(entry["key"], entry["method"], int(entry["label"]),
+                                entry["split"], [folder / f for f in entry["frames"]],
+                                folder / "landmarks.npy", entry.get("quality") or ""))
+    return videos
+
+
+def _deepfakebench(path: Path, root: Path, quality: str | None) -> tuple[str, list[FaceVideo]]:
+    data = json.loads(layouts._need(path, "DeepfakeBench dataset JSON").read_text())
+    if not isinstance(data, dict) or len(data) != 1:
+        raise ValueError(f"{path}: expected {{dataset: {{label: {{split: ...}}}}}}")
+    (dataset, labels), = data.items()
+    videos, resolve = [], _Resolver(root, path)
+    for label_name, splits in labels.items():
+        label = 0 if "real" in label_name.lower() else 1
+        for split, node in splits.items():
+            if node and set(node) <= set(layouts.QUALITIES):  # FF++: one level per quality
+                if quality is None and len(node) > 1:
+                    raise ValueError(f"{path} has qualities {sorted(node)}: add ,quality=c23")
+                node = node.get(quality, {}) if quality else next(iter(node.values()))
+            for video, info in node.items():
+                frames = [resolve(f) for f in sorted(info.get("frames", []))]
+                if not frames:
+                    continue
+                lms = [_dfb_landmark(f) for f in frames]
+                videos.append(FaceVideo(f"{dataset}/{label_name}/{video}", label_name, label,
+                                        split, frames, lms if all(p.exists() for p in lms)
+                                        else None, quality or ""))
+    return dataset, videos
+
+
+def _dfb_landmark(frame: Path) -> Path:
+    parts = list(frame.parts)
+    if "frames" in parts:
+        parts[len(parts) - 1 - parts[::-1].index("frames")] = "landmarks"
+    return Path(*parts).with_suffix(".npy")
+
+
+class _Resolver:
+    """Maps DeepfakeBench frame paths (often from the authors' machines) to files under root."""
+
+    def __init__(self, root: Path, source: Path):
+        self.root, self.source, self.drop = root, source, None
+
+    def __call__(self, frame: str) -> Path:
+        parts = Path(frame.replace("\\", "/")).parts
+        if self.drop is None:
+            for k in range(len(parts)):
+                if (self.root / Path(*parts[k:])).exists():
+                    self.drop = k
+                    break
+            else:
+                raise FileNotFoundError(f"{self.source}: frame {frame} not found under "
+                                        f"{self.root.resolve()}; pass ,root=DIR (the folder "
+                                        "the JSON's paths are relative to)")
+        return self.root / Path(*parts[self.drop:])
+
+
+class DiskFrames:
+    """:class:`csdfd.data.Frames` over face crops on disk (read when asked for)."""
+
+    def __init__(self, videos: list[FaceVideo], crop: bool = True, cfg: SBIConfig = DEFAULT):
+        self.videos, self.crop, self.cfg = videos, crop, cfg
+        self.keys = [v.key for v in videos]
+        self.video = np.repeat(np.arange(len(videos)), [len(v.frames) for v in videos])
+        self.row = np.concatenate([np.arange(len(v.frames)) for v in videos]) if videos \
+            else np.zeros(0, np.int64)
+        self.labels = np.array([videos[i].label for i in self.video], np.int64)
+        self._rows = lru_cache(maxsize=1024)(self._video_landmarks)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _video_landmarks(self, i: int) -> np.ndarray:
+        v = self.videos[i]
+        rows = v.landmark_rows()
+        if isinstance(v.landmarks, Path) and len(rows) != len(v.frames):
+            # frames were subsampled: the array holds every stored frame in order
+            rows = rows[even_indices(len(rows), len(v.frames))]
+        return rows
+
+    def raw(self, idx) -> tuple[np.ndarray, np.ndarray]:
+        """Stored crops [n, H, W, 3] uint8 RGB and their landmarks [n, K, 2]."""
+        idx = np.asarray(idx, np.int64)
+        imgs = [self._read(int(i)) for i in idx]
+        lms = [self._rows(int(self.video[i]))[self.row[i]] for i in idx]
+        return np.stack(imgs), np.stack(lms) if lms else np.zeros((0, 68, 2), np.float32)
+
+    def images(self, idx) -> np.ndarray:
+        """[n, size, size, 3] uint8 RGB: the evaluation crop (or the stored crop, crop=False)."""
+        idx = np.asarray(idx, np.int64)
+        if not self.crop:
+            return np.stack([self._read(int(i)) for i in idx])
+        imgs, lms = self.raw(idx)
+        return np.stack([eval_crop(im, lm, self.cfg)[0] for im, lm in zip(imgs, lms, strict=True)])
+
+    def landmarks(self, idx) -> np.ndarray:
+        """[n, K, 2] float32 landmarks in the frames ``images`` returns."""
+        idx = np.asarray(idx, np.int64)
+        lms = [self._rows(int(self.video[i]))[self.row[i]] for i in idx]
+        if self.crop:
+            lms = [eval_crop_landmarks(lm, self.cfg) for lm in lms]
+        return np.stack(lms) if lms else np.zeros((0, 68, 2), np.float32)
+
+    def _read(self, i: int) -> np.ndarray:
+        path = self.videos[self.video[i]].frames[self.row[i]]
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise FileNotFoundError(f"cannot read frame {path} (of {self.keys[self.video[i]]})")
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def split_frames(videos: list[FaceVideo], split: str, label: int | None = None,
+                 **kwargs) -> DiskFrames:
+    """The frames of ``videos`` in ``split`` (and of one ``label`` if given)."""
+    keep = [v for v in videos if v.split == split and (label is None or v.label == label)]
+    return DiskFrames(keep, **kwargs)
+
+
+def load_benchmark(cfg) -> Benchmark:
+    """The two-stream benchmark on real data (paper section V-A): ``cfg.data`` gives the
+    source domain (its train split: reals for both streams and original fakes for stream 1;
+    val: checkpoint selection; test: in-domain test) and each of ``cfg.test`` a cross-domain
+    target (its test split). ``cfg.quality`` picks the FF++ compression."""
+    from . import Benchmark
+
+    quality = getattr(cfg, "quality", None)
+    crop = SBIConfig(size=cfg.img_size)
+    name, videos = open_faces(cfg.data, quality)
+
+    def part(split: str, label: int | None = None) -> DiskFrames:
+        frames = split_frames(videos, split, label, cfg=crop)
+        if not len(frames):
+            what = {None: "", 0: " real", 1: " fake"}[label]
+            raise ValueError(f"--data {cfg.data}: no{what} videos in its {split} split")
+        return frames
+
+    targets: dict[str, DiskFrames] = {}
+    for spec in getattr(cfg, "test", None) or []:
+        target, tv = open_faces(spec)
+        if target in targets:
+            raise ValueError(f"--test {spec}: dataset {target!r} is given twice")
+        targets[target] = split_frames(tv, "test", cfg=crop)
+        if not len(targets[target]):
+            raise ValueError(f"--test {spec}: no videos in its test split")
+    return Benchmark(name, part("train", 0), part("train", 1), part("val"), part("test"),
+                     targets, part("val", 0))
