@@ -38,6 +38,10 @@ class Config:
     # --- data ----------------------------------------------------------------------------------
     data: str = _f("synthetic", "'synthetic' (embedded benchmark, no download) or a dataset "
                    "folder prepared by `python -m csdfd.preprocess`")
+    # real data (csdfd.data.frames): --data NAME:FACES, --test NAME:FACES (repeatable)
+    test: list[str] = field(default_factory=list, metadata={"help": "cross-domain test set "
+                            "NAME:FACES (repeatable), e.g. celebdf:/data/faces/celebdf"})
+    quality: str = _f("c23", "FF++ compression of --data ffpp:... (raw, c23 or c40)")
     blend: str = _f("sbi", "self-blending for stream 2's online fakes xs: 'sbi' (paper, full SBI) "
                     "or 'simple' (csdfd.data.selfblend)")
     img_size: int = _f(256, "input resolution in pixels (paper: 256)")
@@ -95,6 +99,8 @@ class Config:
         """Raise ValueError naming the first bad field and the fix; returns self."""
         checks = [
             (self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}"),
+            (self.quality in ("raw", "c23", "c40"),
+             f"quality must be raw, c23 or c40, got {self.quality!r}"),
             (self.c >= 0, f"c must be non-negative, but got {self.c}"),
             (self.tau >= 0, f"tau must be non-negative, but got {self.tau}"),
             (self.proj_depth >= 0, f"proj_depth must be >= 0, got {self.proj_depth}"),

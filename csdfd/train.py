@@ -46,6 +46,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=text)
             continue
+        if f.type == "list[str]":  # repeatable: --test A --test B
+            group.add_argument(flag, action="append", default=argparse.SUPPRESS,
+                               help=f"{f.metadata['help']} (default: none)",
+                               metavar=f.name.upper())
+            continue
         kind = {"int": int, "float": float, "str": str, "int | None": _parse_optional(int),
                 "str | None": _parse_optional(str)}[f.type]
         group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text,

@@ -176,6 +176,10 @@ def load_benchmark(cfg) -> Benchmark:
         from .synthetic import SyntheticSpec, make_benchmark
 
         return make_benchmark(SyntheticSpec.from_config(cfg))
+    if ":" in cfg.data and not Path(cfg.data).exists():  # NAME:FACES spec (real data)
+        from .frames import load_benchmark as load_real
+
+        return load_real(cfg)
     root = Path(cfg.data).expanduser()
     if not root.exists():
         raise FileNotFoundError(

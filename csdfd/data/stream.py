@@ -45,6 +45,8 @@ class StepDataset(torch.utils.data.Dataset):
         b = self.b
         ridx = np.sort(self.real_order[step * b : (step + 1) * b])
         rng = np.random.default_rng([self.seed, 103, self.epoch, step])
+        if hasattr(self.blend, "pair") and hasattr(self.bench.train_real, "raw"):
+            return self._sbi_step(step, ridx, rng)
         real = self.bench.train_real.images(ridx)
         out = {"xr": real}
         if 1 in self.streams:
@@ -60,6 +62,26 @@ class StepDataset(torch.utils.data.Dataset):
                 imgs = np.where(flip[:, None, None, None], imgs[:, :, ::-1], imgs)
                 out[key] = torch.from_numpy(np.ascontiguousarray(imgs))
         return out
+
+    def _sbi_step(self, step: int, ridx: np.ndarray,
+                  rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Real data with the full SBI (csdfd.data.sbi, from the stored face crops): ``xr`` and
+        ``xs`` are SBI pairs (shared random crop, flip, colour and JPEG); ``xf`` get the same
+        augmentation without blending, so no stream can tell real from fake by augmentation."""
+        imgs, lms = self.bench.train_real.raw(ridx)
+        if 2 in self.streams:
+            pairs = [self.blend.pair(im, lm, rng) for im, lm in zip(imgs, lms, strict=True)]
+            out = {"xr": [p.real for p in pairs], "xs": [p.fake for p in pairs]}
+        else:
+            out = {"xr": [self.blend.augment(im, lm, rng)[0]
+                          for im, lm in zip(imgs, lms, strict=True)]}
+        if 1 in self.streams:
+            fidx = self.fake_order[(step * self.b + np.arange(self.b)) % len(self.fake_order)]
+            fimgs, flms = self.bench.train_fake.raw(np.sort(fidx))
+            out["xf"] = [self.blend.augment(im, lm, rng)[0]
+                         for im, lm in zip(fimgs, flms, strict=True)]
+        return {k: torch.from_numpy(np.ascontiguousarray(fit_size(np.stack(v), self.size)))
+                for k, v in out.items()}
 
 
 def step_loader(ds: StepDataset, start: int, workers: int = 0) -> torch.utils.data.DataLoader:
