@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import torch
 from realfaces import face_crop
 
 from csdfd import preprocess as P
@@ -193,3 +194,24 @@ def test_deepfakebench_json_with_qualities(tmp_path):
     path = make_dfb(tmp_path, with_quality=True)
     _, videos = FR.open_faces(f"deepfakebench:{path},root={tmp_path},quality=c23")
     assert len(videos) == 3 and {v.quality for v in videos} == {"c23"}
+
+
+def test_training_batches_use_the_full_sbi(ffpp):
+    """On real data, stream 2's reals and fakes are SBI pairs from the stored crops and the
+    original fakes get the same augmentation; batches are a pure function of the step."""
+    from csdfd.data import get_blend
+    from csdfd.data.stream import StepDataset
+
+    bench = FR.load_benchmark(cfg(f"ffpp:{ffpp}"))
+    ds = StepDataset(bench, get_blend("sbi"), batch_size=4, img_size=128, seed=0, epoch=0,
+                     streams=(1, 2))
+    a, b = ds[0], ds[0]
+    assert set(a) == {"xr", "xf", "xs"}
+    for k in a:
+        assert a[k].shape == (4, 128, 128, 3) and a[k].dtype == torch.uint8
+        assert torch.equal(a[k], b[k])
+    assert not torch.equal(a["xr"], a["xs"])
+    only_o = StepDataset(bench, get_blend("sbi"), 4, 128, 0, 0, streams=(1,))[0]
+    assert set(only_o) == {"xr", "xf"}
+    simple = StepDataset(bench, get_blend("simple"), 4, 128, 0, 0, streams=(1, 2))[0]
+    assert simple["xs"].shape == (4, 128, 128, 3)

@@ -396,3 +396,9 @@ def sbi(img: np.ndarray, landmarks: np.ndarray,
     :func:`sbi_pair` for the paper's full pipeline with the shared crop and post-augmentation.
     """
     return blend(img, landmarks, rng, DEFAULT)
+
+
+# On real data the training pipeline (csdfd.data.stream) uses the full pair and the matching
+# augmentation of unblended frames through these attributes of the registry entry.
+sbi.pair = sbi_pair  # type: ignore[attr-defined]
+sbi.augment = augment  # type: ignore[attr-defined]
