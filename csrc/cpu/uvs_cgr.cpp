@@ -1,0 +1,207 @@
+// CPU engine of the fused CS-DFD step: two passes over the [K, P] gradient rows.
+//
+// Pass 1 reads every row once and reduces, per fixed chunk of kChunk columns, the K(K+1)/2 Gram
+// entries of theta and of theta_p (both segments in the same read). Inside a chunk each dot
+// product runs in kLanes independent accumulators (SIMD lanes, accumulation type: float for
+// fp32/bf16/fp16, double for fp64); chunk partials are then summed in chunk order in double.
+// Chunks, not threads, define the summation order, so the result is bitwise the same for any
+// thread count. finish() (solver.h) solves for mu on the reduced Gram matrix; pass 2 reads the
+// rows again and writes sum_j alpha_j g_j (theta) and eq. 24 (theta_p) into `out`, tile by tile
+// through a small stack buffer, so `out` may be row 0 itself.
+// Traffic for K = 2 fp32, in place: 8 + 8 bytes read, 4 written per parameter (20 B/param).
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "engine.h"
+#include "solver.h"
+
+namespace csdfd {
+namespace {
+
+constexpr int64_t kChunk = 1 << 14;  // columns per pass-1 partial (fixes the summation order)
+constexpr int kTile = 512;           // columns staged in accumulation type (fits in L1)
+constexpr int kLanes = 16;           // independent accumulators per dot product
+constexpr int kMaxPairs = kMaxStreams * (kMaxStreams + 1) / 2;
+
+template <class S>
+using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
+
+// Row r, columns [x, x + n), in the accumulation type: the row itself when no conversion is
+// needed, else converted into buf.
+template <class S, class A>
+inline const A* stage(const StepPlan& pl, int r, int64_t x, int n, A* buf) {
+  const S* src = static_cast<const S*>(pl.rows[r]) + x;
+  if constexpr (std::is_same_v<S, A>) {
+    return src;
+  } else {
+    for (int i = 0; i < n; ++i) buf[i] = static_cast<A>(src[i]);
+    return buf;
+  }
+}
+
+// lanes[l] += sum of a[i] * b[i] over i = l (mod kLanes). The fixed-width inner loop
+// vectorises without reassociating floating-point sums (each lane is its own sum).
+template <class A>
+inline void dot_lanes(const A* a, const A* b, int n, A* lanes) {
+  A t[kLanes];
+  for (int l = 0; l < kLanes; ++l) t[l] = lanes[l];
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) t[l] += a[i + l] * b[i + l];
+  }
+  for (int l = 0; i < n; ++i, ++l) t[l] += a[i] * b[i];
+  for (int l = 0; l < kLanes; ++l) lanes[l] = t[l];
+}
+
+// Gram entries (i <= j, row-major pairs) of columns [lo, hi) into part[pair], in double.
+template <class S>
+void segment_gram(const StepPlan& pl, int64_t lo, int64_t hi, double* part) {
+  using A = acc_t<S>;
+  const int k = pl.k, np = k * (k + 1) / 2;
+  alignas(64) A lanes[kMaxPairs][kLanes] = {};
+  alignas(64) A buf[kMaxStreams][kTile];
+  const A* x[kMaxStreams];
+  for (int64_t t = lo; t < hi; t += kTile) {
+    const int n = static_cast<int>(std::min<int64_t>(kTile, hi - t));
+    for (int r = 0; r < k; ++r) x[r] = stage<S, A>(pl, r, t, n, buf[r]);
+    for (int i = 0, q = 0; i < k; ++i) {
+      for (int j = i; j < k; ++j, ++q) dot_lanes(x[i], x[j], n, lanes[q]);
+    }
+  }
+  for (int q = 0; q < np; ++q) {
+    double s = 0;
+    for (int l = 0; l < kLanes; ++l) s += static_cast<double>(lanes[q][l]);
+    part[q] = s;
+  }
+}
+
+// Pass 2 over columns [lo, hi) of one segment: v = sum_j alpha_j g_j (theta, eq. 14) or
+// sum_k g_k - sum_{i<j} gamma_ij g_i g_j (g_i + g_j) (theta_p, eq. 24).
+template <class S>
+void segment_write(const StepPlan& pl, const Coef<acc_t<S>>& cf, bool cgr, int64_t lo,
+                   int64_t hi) {
+  using A = acc_t<S>;
+  const int k = pl.k;
+  S* out = static_cast<S*>(pl.out);
+  if (cf.zero != A(0)) {
+    std::fill(out + lo, out + hi, S(0));
+    return;
+  }
+  alignas(64) A buf[kMaxStreams][kTile];
+  alignas(64) A res[kTile];
+  const A* x[kMaxStreams];
+  for (int64_t t = lo; t < hi; t += kTile) {
+    const int n = static_cast<int>(std::min<int64_t>(kTile, hi - t));
+    for (int r = 0; r < k; ++r) x[r] = stage<S, A>(pl, r, t, n, buf[r]);
+    if (!cgr) {
+      const A a0 = cf.alpha[0];
+      for (int e = 0; e < n; ++e) res[e] = a0 * x[0][e];
+      for (int j = 1; j < k; ++j) {
+        const A aj = cf.alpha[j];
+        const A* xj = x[j];
+        for (int e = 0; e < n; ++e) res[e] += aj * xj[e];
+      }
+    } else {
+      for (int e = 0; e < n; ++e) res[e] = x[0][e];
+      for (int j = 1; j < k; ++j) {
+        for (int e = 0; e < n; ++e) res[e] += x[j][e];
+      }
+      for (int i = 0; i < k; ++i) {
+        for (int j = i + 1; j < k; ++j) {
+          const A gm = cf.gamma[i * k + j];
+          const A *xi = x[i], *xj = x[j];
+          for (int e = 0; e < n; ++e) res[e] -= gm * xi[e] * xj[e] * (xi[e] + xj[e]);
+        }
+      }
+    }
+    S* o = out + t;
+    for (int e = 0; e < n; ++e) o[e] = static_cast<S>(res[e]);
+  }
+}
+
+// Whether every entry of columns [lo, hi) is finite (only asked on the rare path where
+// standalone CGR sees a non-finite Gram: reference.cgr_rows tests the entries themselves).
+template <class S>
+bool entries_finite(const StepPlan& pl, int64_t lo, int64_t hi) {
+  std::atomic<bool> ok{true};
+  at::parallel_for(lo, hi, kChunk, [&](int64_t b, int64_t e) {
+    for (int r = 0; r < pl.k; ++r) {
+      const S* row = static_cast<const S*>(pl.rows[r]);
+      for (int64_t x = b; x < e; ++x) {
+        if (!std::isfinite(static_cast<acc_t<S>>(row[x]))) {
+          ok = false;
+          return;
+        }
+      }
+    }
+  });
+  return ok;
+}
+
+template <class S>
+void run(const StepPlan& pl, const StepOuts& outs) {
+  using A = acc_t<S>;
+  const int k = pl.k, np = k * (k + 1) / 2;
+  const int64_t chunks = (pl.p + kChunk - 1) / kChunk;
+  // Per-chunk partials: 2 * np doubles per kChunk columns (about 0.1% of the gradient bytes).
+  std::vector<double> part(static_cast<size_t>(chunks) * 2 * np, 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t ch = b; ch < e; ++ch) {
+      const int64_t lo = ch * kChunk, hi = std::min(lo + kChunk, pl.p);
+      double* dst = part.data() + ch * 2 * np;
+      if (lo < pl.split) segment_gram<S>(pl, lo, std::min(hi, pl.split), dst);
+      if (hi > pl.split) segment_gram<S>(pl, std::max(lo, pl.split), hi, dst + np);
+    }
+  });
+  double red[2 * kMaxPairs] = {};
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    for (int q = 0; q < 2 * np; ++q) red[q] += part[ch * 2 * np + q];
+  }
+  A g[kMaxStreams * kMaxStreams], gp[kMaxStreams * kMaxStreams];
+  for (int i = 0, q = 0; i < k; ++i) {
+    for (int j = i; j < k; ++j, ++q) {
+      g[i * k + j] = g[j * k + i] = static_cast<A>(red[q]);
+      gp[i * k + j] = gp[j * k + i] = static_cast<A>(red[np + q]);
+    }
+  }
+  bool fin = true;
+  if (pl.mode == Mode::kCgr && !all_finite(gp, k * k)) fin = entries_finite<S>(pl, 0, pl.p);
+  Coef<A> coef;
+  finish(g, gp, fin, pl, &coef, outs);
+  if (pl.mode == Mode::kGram) return;
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t ch = b; ch < e; ++ch) {
+      const int64_t lo = ch * kChunk, hi = std::min(lo + kChunk, pl.p);
+      if (lo < pl.split) segment_write<S>(pl, coef, false, lo, std::min(hi, pl.split));
+      if (hi > pl.split) segment_write<S>(pl, coef, true, std::max(lo, pl.split), hi);
+    }
+  });
+}
+
+}  // namespace
+
+void run_cpu(const StepPlan& plan, const StepOuts& outs) {
+  switch (plan.dtype) {
+    case DType::kF64: return run<double>(plan, outs);
+    case DType::kF32: return run<float>(plan, outs);
+    case DType::kBF16: return run<c10::BFloat16>(plan, outs);
+    case DType::kF16: return run<c10::Half>(plan, outs);
+  }
+}
+
+void solve_mu_cpu(const void* gram, bool dbl, int k, double c, SolverKind solver, int iters,
+                  void* mu) {
+  if (dbl) {
+    solve_mu(static_cast<const double*>(gram), k, c, solver, iters, static_cast<double*>(mu));
+  } else {
+    solve_mu(static_cast<const float*>(gram), k, static_cast<float>(c), solver, iters,
+             static_cast<float*>(mu));
+  }
+}
+
+}  // namespace csdfd
