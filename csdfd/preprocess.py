@@ -256,6 +256,8 @@ def _report(out: Path, records: list[dict], index: dict, done: int, wall: float,
         "frames_per_s": round(sampled / wall, 2) if wall > 0 else None,
         "frames_per_s_per_worker": round(sampled / wall / max(workers, 1), 2) if wall else None,
         "failures": failed,
+        "frames_without_face_by_video": {r["key"]: r["no_face"] for r in records
+                                         if r["status"] == "ok" and r.get("no_face")},
     }
     write_json(out / "report.json", report)
     print(f"done: {report['ok']} ok, {report['failed']} failed, {done} skipped; "
