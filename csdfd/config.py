@@ -37,7 +37,8 @@ class Config:
 
     # --- data ----------------------------------------------------------------------------------
     data: str = _f("synthetic", "'synthetic' (embedded benchmark, no download) or a dataset "
-                   "folder prepared by `python -m csdfd.preprocess`")
+                   "folder prepared by `python -m csdfd.preprocess`, as NAME:FACES[,options] "
+                   "(e.g. ffpp:/data/faces/ffpp; see csdfd.data.frames)")
     # real data (csdfd.data.frames): --data NAME:FACES, --test NAME:FACES (repeatable)
     test: list[str] = field(default_factory=list, metadata={"help": "cross-domain test set "
                             "NAME:FACES (repeatable), e.g. celebdf:/data/faces/celebdf"})
