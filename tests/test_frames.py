@@ -112,6 +112,17 @@ def test_disk_frames_serve_the_eval_crop(ffpp):
                                                            videos[3].key]
 
 
+def test_disk_frames_pickle_for_dataloader_workers(ffpp):
+    import pickle
+
+    _, videos = FR.open_faces(f"ffpp:{ffpp}")
+    frames = FR.DiskFrames(videos)
+    first = frames.landmarks([3])
+    copy = pickle.loads(pickle.dumps(frames))
+    np.testing.assert_array_equal(copy.landmarks([3]), first)
+    np.testing.assert_array_equal(copy.images([3]), frames.images([3]))
+
+
 def test_unreadable_frame_is_named(ffpp):
     _, videos = FR.open_faces(f"ffpp:{ffpp}")
     videos[0].frames[0].unlink()

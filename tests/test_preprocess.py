@@ -127,6 +127,16 @@ def test_shipped_landmarks_match_dlib(extractor, name):
 
 
 @needs_dlib
+def test_landmark_model_option(tmp_path):
+    five = F.default_landmark_model().with_name("shape_predictor_5_face_landmarks.dat")
+    with pytest.raises(ValueError, match="predicts 5 points; use a 68- or 81-point"):
+        F.FaceExtractor(five)
+    with pytest.raises(FileNotFoundError, match="landmark model not found"):
+        F.FaceExtractor(tmp_path / "none.dat")
+    assert F.FaceExtractor(F.default_landmark_model()).points == 68
+
+
+@needs_dlib
 def test_lfw_faces_and_non_faces(extractor):
     found = [extractor(im) is not None for im in lfw(faces=True, n=12)]
     assert sum(found) >= 9

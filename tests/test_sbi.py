@@ -32,10 +32,10 @@ def test_deterministic_given_seed(face):
     assert not np.array_equal(a.fake, c.fake)
 
 
-@pytest.mark.parametrize("size", [256, 97])
-def test_pair_shapes_and_ranges(face, size):
+@pytest.mark.parametrize("size, mask_scale", [(256, 0.5), (97, 0.5), (256, 1.0), (75, 1.0)])
+def test_pair_shapes_and_ranges(face, size, mask_scale):
     img, lm = face
-    cfg = S.SBIConfig(size=size)
+    cfg = S.SBIConfig(size=size, mask_scale=mask_scale)
     for seed in range(4):
         out = S.sbi_pair(img, lm, np.random.default_rng(seed), cfg)
         assert out.real.shape == out.fake.shape == (size, size, 3)

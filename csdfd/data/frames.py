@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -182,7 +181,17 @@ class DiskFrames:
         self.row = np.concatenate([np.arange(len(v.frames)) for v in videos]) if videos \
             else np.zeros(0, np.int64)
         self.labels = np.array([videos[i].label for i in self.video], np.int64)
-        self._rows = lru_cache(maxsize=1024)(self._video_landmarks)
+        self._cache: dict[int, np.ndarray] = {}  # landmarks of recently read videos
+
+    def __getstate__(self) -> dict:  # DataLoader workers get a copy without the cache
+        return {**self.__dict__, "_cache": {}}
+
+    def _rows(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            if len(self._cache) >= 1024:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[i] = self._video_landmarks(i)
+        return self._cache[i]
 
     def __len__(self) -> int:
         return len(self.labels)
