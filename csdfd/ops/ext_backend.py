@@ -53,7 +53,9 @@ def _check_step(k: int, c: float, solver: str) -> None:
 
 def _dense(out: torch.Tensor) -> torch.Tensor:
     """``out`` itself if the kernels can write it, else a contiguous temporary."""
-    return out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
+    if out.is_contiguous():
+        return out
+    return torch.empty_like(out, memory_format=torch.contiguous_format)
 
 
 def gram(grads: torch.Tensor) -> torch.Tensor:
@@ -83,7 +85,9 @@ def uvs(
     k, _ = check_grads(grads, allow_empty=True)
     _check_step(k, c, solver)
     target = torch.empty_like(grads[0]) if out is None else _dense(out)
-    mu, alpha, g, status = torch.ops.csdfd.uvs(grads, float(c), solver, _iters(solver, iters), target)
+    mu, alpha, g, status = torch.ops.csdfd.uvs(
+        grads, float(c), solver, _iters(solver, iters), target
+    )
     if out is not None and target is not out:
         out.copy_(target)
     return UVSResult(v=target if out is None else out, mu=mu, alpha=alpha, gram=g, status=status)
@@ -145,8 +149,8 @@ def _register_fakes() -> None:
     @torch.library.register_fake("csdfd::uvs")
     def _(grads, c, solver, iters, out):
         k, dtype = grads.shape[0], acc_dtype(grads.dtype)
-        vec = grads.new_empty((k,), dtype=dtype)
-        return vec, torch.empty_like(vec), grads.new_empty((k, k), dtype=dtype), grads.new_empty((), dtype=dtype)
+        mu, alpha = grads.new_empty((k,), dtype=dtype), grads.new_empty((k,), dtype=dtype)
+        return mu, alpha, grads.new_empty((k, k), dtype=dtype), grads.new_empty((), dtype=dtype)
 
     @torch.library.register_fake("csdfd::cgr")
     def _(g1, g2, tau, out):

@@ -2,7 +2,7 @@
 //
 // Pass 1 reads every row once and reduces, per fixed chunk of kChunk columns, the K(K+1)/2 Gram
 // entries of theta and of theta_p (both segments in the same read). Inside a chunk each dot
-// product runs in kLanes independent accumulators (SIMD lanes, accumulation type: float for
+// product runs in 64 bytes of independent accumulators (SIMD lanes, accumulation type: float for
 // fp32/bf16/fp16, double for fp64); chunk partials are then summed in chunk order in double.
 // Chunks, not threads, define the summation order, so the result is bitwise the same for any
 // thread count. finish() (solver.h) solves for mu on the reduced Gram matrix; pass 2 reads the
@@ -14,6 +14,9 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -25,7 +28,6 @@ namespace {
 
 constexpr int64_t kChunk = 1 << 14;  // columns per pass-1 partial (fixes the summation order)
 constexpr int kTile = 512;           // columns staged in accumulation type (fits in L1)
-constexpr int kLanes = 16;           // independent accumulators per dot product
 constexpr int kMaxPairs = kMaxStreams * (kMaxStreams + 1) / 2;
 
 template <class S>
@@ -44,26 +46,43 @@ inline const A* stage(const StepPlan& pl, int r, int64_t x, int n, A* buf) {
   }
 }
 
-// lanes[l] += sum of a[i] * b[i] over i = l (mod kLanes). The fixed-width inner loop
-// vectorises without reassociating floating-point sums (each lane is its own sum).
+// SIMD lanes: four independent 16-byte vectors (GCC/Clang vector extension; SSE2 on any
+// x86-64), i.e. 16 float or 8 double lanes. Four registers hide the add latency.
+template <class A>
+struct Lanes {
+  typedef A vec __attribute__((vector_size(16)));
+  static constexpr int per_vec = 16 / sizeof(A);
+  static constexpr int n = 4 * per_vec;
+};
+
+// lanes[l] += sum of a[i] * b[i] over i = l (mod n). Each lane is its own sequential sum, so
+// the SIMD loop needs no reassociation of floating-point sums and stays deterministic.
 template <class A>
 inline void dot_lanes(const A* a, const A* b, int n, A* lanes) {
-  A t[kLanes];
-  for (int l = 0; l < kLanes; ++l) t[l] = lanes[l];
+  using V = typename Lanes<A>::vec;
+  constexpr int E = Lanes<A>::per_vec, W = Lanes<A>::n;
+  V t[4], x, y;
+  std::memcpy(t, lanes, sizeof(t));
   int i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) t[l] += a[i + l] * b[i + l];
+  for (; i + W <= n; i += W) {
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      std::memcpy(&x, a + i + u * E, sizeof(V));
+      std::memcpy(&y, b + i + u * E, sizeof(V));
+      t[u] += x * y;
+    }
   }
-  for (int l = 0; i < n; ++i, ++l) t[l] += a[i] * b[i];
-  for (int l = 0; l < kLanes; ++l) lanes[l] = t[l];
+  std::memcpy(lanes, t, sizeof(t));
+  for (int l = 0; i < n; ++i, ++l) lanes[l] += a[i] * b[i];
 }
 
 // Gram entries (i <= j, row-major pairs) of columns [lo, hi) into part[pair], in double.
 template <class S>
 void segment_gram(const StepPlan& pl, int64_t lo, int64_t hi, double* part) {
   using A = acc_t<S>;
+  constexpr int W = Lanes<A>::n;
   const int k = pl.k, np = k * (k + 1) / 2;
-  alignas(64) A lanes[kMaxPairs][kLanes] = {};
+  alignas(64) A lanes[kMaxPairs][W] = {};
   alignas(64) A buf[kMaxStreams][kTile];
   const A* x[kMaxStreams];
   for (int64_t t = lo; t < hi; t += kTile) {
@@ -75,7 +94,7 @@ void segment_gram(const StepPlan& pl, int64_t lo, int64_t hi, double* part) {
   }
   for (int q = 0; q < np; ++q) {
     double s = 0;
-    for (int l = 0; l < kLanes; ++l) s += static_cast<double>(lanes[q][l]);
+    for (int l = 0; l < W; ++l) s += static_cast<double>(lanes[q][l]);
     part[q] = s;
   }
 }
