@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 import scipy.optimize
 import torch
+from conftest import BACKEND_CASES
 
 from csdfd import ops
 from csdfd.ops import reference
-
-from conftest import BACKEND_CASES
 
 
 def psi(gram: np.ndarray, mu: np.ndarray, c: float) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from functools import lru_cache
+from functools import cache
 from types import ModuleType
 
 import torch
@@ -30,7 +30,7 @@ _MODULES = {
 _warned: set[str] = set()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(name: str) -> tuple[ModuleType | None, str]:
     """Import a backend module once; returns (module, "") or (None, reason)."""
     try:
