@@ -99,6 +99,17 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert "unknown dataset layout 'nope'" in capsys.readouterr().err
 
 
+def test_bad_landmark_model_fails_before_any_worker_starts(tmp_path, capsys):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "fake").mkdir()
+    write_plain_video(tmp_path / "real" / "a.mp4", n=2)
+    code = P.main([f"folder:{tmp_path}", "--out", str(tmp_path / "o"), "--workers", "2",
+                   "--landmarks", str(tmp_path / "missing.dat")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert ("landmark model not found" in err) or ("needs dlib" in err)
+
+
 def test_default_landmark_model_is_located_without_importing_the_package():
     pytest.importorskip("dlib", reason="dlib is not installed")
     path = F.default_landmark_model()
