@@ -90,8 +90,9 @@ class RunLog:
         return tqdm(total=total, initial=initial, desc=desc, disable=self.quiet,
                     dynamic_ncols=True, leave=False)
 
-    def print(self, text: str) -> None:
-        if not self.quiet:
+    def print(self, text: str, always: bool = False) -> None:
+        """A line above the progress bar; ``--quiet`` keeps only the ``always`` ones."""
+        if always or not self.quiet:
             tqdm.write(text)
 
     def close(self) -> None:

@@ -27,8 +27,9 @@ point and v* = g0 exactly.
 
 Non-finite policy: a step whose loss or gradient is not finite (the op's NONFINITE flag, or
 ``isfinite`` of the losses / single-stream gradient norm) is skipped (no optimizer update) and
-counted; ``max_nonfinite`` in a row stop the run with NonFiniteError, leaving the last good
-checkpoint untouched. Deciding to skip needs one 1-element host read per step: free on CPU;
+counted, and the BatchNorm statistics its forward pass moved are restored (the floating-point
+buffers are copied aside before every step: a few kB, one fused copy); ``max_nonfinite`` in a
+row stop the run with NonFiniteError, leaving the last good checkpoint untouched. Deciding to skip needs one 1-element host read per step: free on CPU;
 on a GPU it is one synchronisation per step, the same one ``torch.amp.GradScaler`` makes
 (``found_inf``), which costs the overlap of the next step's launches with this step's tail.
 Losses and UVS/CGR diagnostics are read only every ``log_every`` steps (runlog.Window).
@@ -95,14 +96,17 @@ class Trainer:
         self.backend = dispatch.resolve(cfg.backend, self.device)
         self.c, self.tau = (cfg.c if st.uvs else 0.0), (cfg.tau if st.cgr else 0.0)
         self.iters = cfg.mu_iters if st.uvs else 0  # c = 0: mu is irrelevant, skip the loop
-        self.bench = bench if bench is not None else load_benchmark(cfg)
         self.blend = get_blend(cfg.blend)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg).to(self.device)
+        self.model = build_model(cfg).to(self.device)  # before the data: bad names fail fast
+        self.bench = bench if bench is not None else load_benchmark(cfg)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.mean, self.std = normalisation(self.model)
         self.fg = self._flat_grads()
+        # BatchNorm statistics move during the forward pass; a skipped step restores them.
+        self.buffers = list(self.model.buffers())
+        self.buffers_saved = [b.clone() for b in self.buffers]
         self.opt = _optimizer(cfg, self.model)
         self.steps_per_epoch = len(self.bench.train_real) // cfg.batch_size
         total = cfg.epochs * max(self.steps_per_epoch, 1)
@@ -173,12 +177,14 @@ class Trainer:
         window = Window(self.device)
         t0 = time.perf_counter()
         for batch in step_loader(ds, self.step, cfg.workers):
+            _copy(self.buffers_saved, self.buffers)
             losses, stats, norm, bad = self._step(batch)
             finite = not bool(bad)  # the one per-step host read (module docstring)
             if finite:
                 self.opt.step()  # Step 4
                 self.consecutive = 0
             else:
+                _copy(self.buffers, self.buffers_saved)
                 self._count_nonfinite()
             self.sched.step()
             self.step += 1
@@ -258,7 +264,7 @@ class Trainer:
         path = save_checkpoint(self._state(), self.out / "last.pt")
         self._plot()
         self.log.print(f"{status} at epoch {self.epoch + 1} step {self.step}: saved {path}; "
-                       f"continue with --resume {path}")
+                       f"continue with --resume {path}", always=True)
         return {"status": status, "checkpoint": str(path), "epoch": self.epoch,
                 "step": self.step}
 
@@ -277,7 +283,8 @@ class Trainer:
         self._plot()
         self.log.print(f"\nTest AUC (%) of the checkpoint selected on validation (epoch "
                        f"{best['epoch']}):\n{table([(label, result)])}\n"
-                       f"results: {self.out / 'results.md'}, curves: {self.out / 'curves.png'}")
+                       f"results: {self.out / 'results.md'}, curves: {self.out / 'curves.png'}",
+                       always=True)
         return result
 
     def _plot(self) -> None:
@@ -360,6 +367,15 @@ def _lr_lambda(cfg: Config, total: int):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     return factor
+
+
+def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    """dst[i] <- src[i] for all i (one fused multi-tensor copy where torch has it)."""
+    if hasattr(torch, "_foreach_copy_"):
+        torch._foreach_copy_(dst, src)
+    else:
+        for d, s in zip(dst, src):
+            d.copy_(s)
 
 
 def _total_norm(params) -> torch.Tensor:
