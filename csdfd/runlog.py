@@ -79,6 +79,14 @@ class RunLog:
     def rows(self) -> list[dict]:
         return [json.loads(ln) for ln in self.rows_text()]
 
+    @staticmethod
+    def read(out: str | Path) -> list[dict]:
+        """The rows of ``OUT/metrics.jsonl`` of a finished or running run."""
+        path = Path(out) / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
     def write(self, row: dict) -> None:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
