@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-TINY = 1e-30
-NEG = -1e30
+TINY = tl.constexpr(1e-30)
+NEG = tl.constexpr(-1e30)
 
 
 @triton.jit
