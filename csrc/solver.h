@@ -2,8 +2,9 @@
 // (run by one thread of the last block of the reduction launch). It mirrors
 // csdfd/ops/reference.py operation by operation, in the accumulation type T (float for
 // fp32/bf16/fp16 gradients, double for fp64), so every backend solves the same problem the same
-// way: solve_mu (paper eq. 16 with FISTA + backtracking, or the exact K = 2 bisection), combine_weights (eq. 14), the CGR
-// factors gamma (eq. 24) and the status flags of csdfd/ops/stats.py.
+// way: solve_mu (paper eq. 16 with FISTA + backtracking, or the exact K = 2 bisection),
+// combine_weights (eq. 14), the CGR factors gamma (eq. 24) and the status flags of
+// csdfd/ops/stats.py.
 #pragma once
 
 #include <cstdint>

@@ -193,6 +193,8 @@ void run(const StepPlan& pl, const StepOuts& outs) {
   Coef<A> coef;
   finish(g, gp, fin, pl, &coef, outs);
   if (pl.mode == Mode::kGram) return;
+  // Pass 2 streams forward like pass 1. (Walking it backwards to re-read pass 1's last bytes
+  // from cache measured 1.3-2.5x slower here: it defeats the hardware prefetchers.)
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t ch = b; ch < e; ++ch) {
       const int64_t lo = ch * kChunk, hi = std::min(lo + kChunk, pl.p);

@@ -140,15 +140,18 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;  // in lane 0
 }
 
-// One out-of-line copy of the solver per accumulation type keeps the kernels small.
+// One out-of-line copy of the solver per accumulation type keeps the kernels small. `tot` holds
+// the reduced pairs (i <= j < km, row-major) of theta, then of theta_p; km >= k is the kernel's
+// compiled row count (pairs with a padding row are zero and dropped here).
 template <class T>
-__device__ __noinline__ void finish_device(const double* tot, bool entries_finite,
+__device__ __noinline__ void finish_device(const double* tot, int km, bool entries_finite,
                                            const StepPlan& pl, Coef<T>* coef,
                                            const StepOuts& outs) {
-  const int k = pl.k, np = k * (k + 1) / 2;
+  const int k = pl.k, np = km * (km + 1) / 2;
   T g[kMaxStreams * kMaxStreams], gp[kMaxStreams * kMaxStreams];
-  for (int i = 0, q = 0; i < k; ++i) {
-    for (int j = i; j < k; ++j, ++q) {
+  for (int i = 0, q = 0; i < km; ++i) {
+    for (int j = i; j < km; ++j, ++q) {
+      if (j >= k) continue;
       g[i * k + j] = g[j * k + i] = static_cast<T>(tot[q]);
       gp[i * k + j] = gp[j * k + i] = static_cast<T>(tot[np + q]);
     }
@@ -219,14 +222,17 @@ __global__ void __launch_bounds__(kThreads)
   __threadfence();  // acquire: every other block's partials are visible from here on
   for (int s = warp; s < NS; s += kWarps) {
     double t = 0;
-    for (int b = lane; b < gridDim.x; b += 32) t += static_cast<double>(__ldcg(partials + b * NS + s));
+    for (int b = lane; b < gridDim.x; b += 32) {
+      t += static_cast<double>(__ldcg(partials + b * NS + s));
+    }
     t = warp_sum(t);
     if (lane == 0) tot[s] = t;
   }
   __syncthreads();
   if (threadIdx.x == 0) {
     const bool entries_finite = !PROBE || tot[NS - 1] == 0.0;
-    finish_device<A>(tot, entries_finite, pl, reinterpret_cast<Coef<A>*>(ws + kCoefOffset), outs);
+    auto* coef = reinterpret_cast<Coef<A>*>(ws + kCoefOffset);
+    finish_device<A>(tot, KM, entries_finite, pl, coef, outs);
     *ticket = 0;
   }
 }
@@ -284,7 +290,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <class S, class T>
+template <class T>
 __global__ void solve_mu_kernel(const T* gram, int k, T c, SolverKind solver, int iters, T* mu) {
   solve_mu(gram, k, c, solver, iters, mu);
 }
@@ -293,7 +299,8 @@ int sm_count(int device) {
   static int cache[64] = {};
   if (device < 0 || device >= 64) return 1;
   if (cache[device] == 0) {
-    CSDFD_CUDA_CHECK(cudaDeviceGetAttribute(&cache[device], cudaDevAttrMultiProcessorCount, device));
+    CSDFD_CUDA_CHECK(
+        cudaDeviceGetAttribute(&cache[device], cudaDevAttrMultiProcessorCount, device));
   }
   return cache[device];
 }
@@ -370,10 +377,10 @@ void solve_mu_cuda(const void* gram, bool dbl, int k, double c, SolverKind solve
                    void* mu, void* stream_ptr) {
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   if (dbl) {
-    solve_mu_kernel<double, double><<<1, 1, 0, stream>>>(static_cast<const double*>(gram), k, c,
+    solve_mu_kernel<double><<<1, 1, 0, stream>>>(static_cast<const double*>(gram), k, c,
                                                         solver, iters, static_cast<double*>(mu));
   } else {
-    solve_mu_kernel<float, float><<<1, 1, 0, stream>>>(static_cast<const float*>(gram), k,
+    solve_mu_kernel<float><<<1, 1, 0, stream>>>(static_cast<const float*>(gram), k,
                                                       static_cast<float>(c), solver, iters,
                                                       static_cast<float*>(mu));
   }
