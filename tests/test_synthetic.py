@@ -176,5 +176,10 @@ def test_missing_and_malformed_data_paths(tmp_path):
         load_benchmark(resolve({"data": str(missing)}))
     afile = tmp_path / "data.txt"
     afile.write_text("not a dataset")
-    with pytest.raises(NotADirectoryError, match="data.txt"):
+    with pytest.raises(ValueError, match="data.txt.*name the dataset"):
         load_benchmark(resolve({"data": str(afile)}))
+    with pytest.raises((OSError, ValueError), match="nowhere"):
+        load_benchmark(resolve({"data": f"ffpp:{missing}"}))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises((OSError, ValueError), match="empty"):
+        load_benchmark(resolve({"data": f"ffpp:{tmp_path / 'empty'}"}))

@@ -170,29 +170,22 @@ def blended_copies(frames: Frames, blend: Blend, seed: int) -> ArrayFrames:
 
 
 def load_benchmark(cfg) -> Benchmark:
-    """The benchmark named by ``cfg.data``: the embedded synthetic one, or a dataset folder
-    read by :mod:`csdfd.data.layouts` (errors name the path and what is wrong with it)."""
+    """The benchmark named by ``cfg.data``: ``"synthetic"`` (the embedded one) or a real dataset
+    ``NAME:FACES`` read by :mod:`csdfd.data.frames`. Errors name the input and the fix."""
     if cfg.data == "synthetic":
         from .synthetic import SyntheticSpec, make_benchmark
 
         return make_benchmark(SyntheticSpec.from_config(cfg))
-    if ":" in cfg.data and not Path(cfg.data).exists():  # NAME:FACES spec (real data)
-        from .frames import load_benchmark as load_real
+    name, sep, rest = cfg.data.partition(":")
+    if not sep or not name or Path(cfg.data).exists():  # a bare path: no dataset name
+        root = Path(cfg.data).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(
+                f"data path {str(root)!r} does not exist; pass --data synthetic for the embedded "
+                "benchmark, or NAME:FACES for faces prepared by `python -m csdfd.preprocess`"
+            )
+        raise ValueError(f"--data {str(root)!r}: name the dataset, e.g. --data ffpp:{root} "
+                         "(NAME:FACES, see `python -m csdfd.preprocess --help`)")
+    from .frames import load_benchmark as load_real
 
-        return load_real(cfg)
-    root = Path(cfg.data).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(
-            f"data path {str(root)!r} does not exist; pass --data synthetic for the embedded "
-            "benchmark or a folder prepared by `python -m csdfd.preprocess`"
-        )
-    if not root.is_dir():
-        raise NotADirectoryError(f"data path {str(root)!r} is a file; --data takes a folder")
-    try:
-        from . import layouts
-    except ImportError as exc:
-        raise RuntimeError(
-            f"cannot read data path {str(root)!r}: the real-data loader csdfd.data.layouts "
-            f"failed to import ({exc})"
-        ) from exc
-    return layouts.load_benchmark(root, cfg)
+    return load_real(cfg)
