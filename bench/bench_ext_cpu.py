@@ -7,13 +7,16 @@
 - no allocation of size P per call.
 
 ``pytest bench/bench_ext_cpu.py`` adds rows to the shared table (bench/conftest.py).
-``python bench/bench_ext_cpu.py [P]`` runs the interleaved measurement used for the issue's
-numbers: copy, fused, reference and peers alternate, so a noisy shared machine slows them alike,
-and the ratios are taken per round (median and best round reported).
+``python bench/bench_ext_cpu.py [--p 2e7] [--threads N]`` runs the interleaved measurement used
+for the issue's numbers: copy, fused, reference and peers alternate, so a noisy shared machine
+slows them alike, and the ratios are taken per round (median and best round reported). On a
+machine whose cores are busy with other work, a second OpenMP thread may wait for a core at
+every parallel region (copy and fused alike); compare --threads 1 and 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -110,4 +113,11 @@ def main(p: int = 20_000_000, rounds: int = 7) -> None:
 
 
 if __name__ == "__main__":
-    main(int(float(sys.argv[1])) if len(sys.argv) > 1 else 20_000_000)
+    cli = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    cli.add_argument("--p", type=float, default=20e6, help="parameters per stream")
+    cli.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    cli.add_argument("--rounds", type=int, default=7)
+    args = cli.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    main(int(args.p), args.rounds)

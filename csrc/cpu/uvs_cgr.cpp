@@ -10,8 +10,6 @@
 // through a small stack buffer, so `out` may be row 0 itself.
 // Traffic for K = 2 fp32, in place: 8 + 8 bytes read, 4 written per parameter (20 B/param).
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <atomic>
@@ -20,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/convert.h"
 #include "engine.h"
 #include "solver.h"
 
@@ -27,11 +26,13 @@ namespace csdfd {
 namespace {
 
 constexpr int64_t kChunk = 1 << 14;  // columns per pass-1 partial (fixes the summation order)
+// Chunks per thread at least: below 4 * kChunk columns (about torch's own GRAIN_SIZE) waking a
+// second thread costs more than it saves.
+constexpr int64_t kGrainChunks = 4;
 constexpr int kTile = 512;           // columns staged in accumulation type (fits in L1)
 constexpr int kMaxPairs = kMaxStreams * (kMaxStreams + 1) / 2;
 
-template <class S>
-using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
+using cpu::acc_t;
 
 // Row r, columns [x, x + n), in the accumulation type: the row itself when no conversion is
 // needed, else converted into buf.
@@ -41,7 +42,7 @@ inline const A* stage(const StepPlan& pl, int r, int64_t x, int n, A* buf) {
   if constexpr (std::is_same_v<S, A>) {
     return src;
   } else {
-    for (int i = 0; i < n; ++i) buf[i] = static_cast<A>(src[i]);
+    for (int i = 0; i < n; ++i) buf[i] = cpu::to_acc(src[i]);
     return buf;
   }
 }
@@ -99,8 +100,35 @@ void segment_gram(const StepPlan& pl, int64_t lo, int64_t hi, double* part) {
   }
 }
 
+// Pass 2 for K = 2 (the paper's case): one fused loop per segment, loads, maths and store.
+// `out` may be row 0 (or 1) itself: a same-index dependence, not a loop-carried one, which
+// `#pragma GCC ivdep` tells the vectoriser (its runtime overlap check would fall back to scalar).
+template <class S>
+void segment_write2(const StepPlan& pl, const Coef<acc_t<S>>& cf, bool cgr, int64_t lo,
+                    int64_t hi) {
+  using A = acc_t<S>;
+  const S* x0 = static_cast<const S*>(pl.rows[0]);
+  const S* x1 = static_cast<const S*>(pl.rows[1]);
+  S* out = static_cast<S*>(pl.out);
+  if (!cgr) {
+    const A a0 = cf.alpha[0], a1 = cf.alpha[1];
+#pragma GCC ivdep
+    for (int64_t e = lo; e < hi; ++e) {
+      out[e] = cpu::from_acc<S>(a0 * cpu::to_acc(x0[e]) + a1 * cpu::to_acc(x1[e]));
+    }
+  } else {
+    const A gm = cf.gamma[1];
+#pragma GCC ivdep
+    for (int64_t e = lo; e < hi; ++e) {
+      const A u = cpu::to_acc(x0[e]), w = cpu::to_acc(x1[e]), s = u + w;
+      out[e] = cpu::from_acc<S>(s - gm * u * w * s);
+    }
+  }
+}
+
 // Pass 2 over columns [lo, hi) of one segment: v = sum_j alpha_j g_j (theta, eq. 14) or
-// sum_k g_k - sum_{i<j} gamma_ij g_i g_j (g_i + g_j) (theta_p, eq. 24).
+// sum_k g_k - sum_{i<j} gamma_ij g_i g_j (g_i + g_j) (theta_p, eq. 24). Any K: tile by tile
+// through stack buffers, so `out` may be a row.
 template <class S>
 void segment_write(const StepPlan& pl, const Coef<acc_t<S>>& cf, bool cgr, int64_t lo,
                    int64_t hi) {
@@ -111,6 +139,7 @@ void segment_write(const StepPlan& pl, const Coef<acc_t<S>>& cf, bool cgr, int64
     std::fill(out + lo, out + hi, S(0));
     return;
   }
+  if (k == 2) return segment_write2<S>(pl, cf, cgr, lo, hi);
   alignas(64) A buf[kMaxStreams][kTile];
   alignas(64) A res[kTile];
   const A* x[kMaxStreams];
@@ -139,7 +168,7 @@ void segment_write(const StepPlan& pl, const Coef<acc_t<S>>& cf, bool cgr, int64
       }
     }
     S* o = out + t;
-    for (int e = 0; e < n; ++e) o[e] = static_cast<S>(res[e]);
+    for (int e = 0; e < n; ++e) o[e] = cpu::from_acc<S>(res[e]);
   }
 }
 
@@ -152,7 +181,7 @@ bool entries_finite(const StepPlan& pl, int64_t lo, int64_t hi) {
     for (int r = 0; r < pl.k; ++r) {
       const S* row = static_cast<const S*>(pl.rows[r]);
       for (int64_t x = b; x < e; ++x) {
-        if (!std::isfinite(static_cast<acc_t<S>>(row[x]))) {
+        if (!std::isfinite(cpu::to_acc(row[x]))) {
           ok = false;
           return;
         }
@@ -169,7 +198,7 @@ void run(const StepPlan& pl, const StepOuts& outs) {
   const int64_t chunks = (pl.p + kChunk - 1) / kChunk;
   // Per-chunk partials: 2 * np doubles per kChunk columns (about 0.1% of the gradient bytes).
   std::vector<double> part(static_cast<size_t>(chunks) * 2 * np, 0.0);
-  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, chunks, kGrainChunks, [&](int64_t b, int64_t e) {
     for (int64_t ch = b; ch < e; ++ch) {
       const int64_t lo = ch * kChunk, hi = std::min(lo + kChunk, pl.p);
       double* dst = part.data() + ch * 2 * np;
@@ -195,7 +224,7 @@ void run(const StepPlan& pl, const StepOuts& outs) {
   if (pl.mode == Mode::kGram) return;
   // Pass 2 streams forward like pass 1. (Walking it backwards to re-read pass 1's last bytes
   // from cache measured 1.3-2.5x slower here: it defeats the hardware prefetchers.)
-  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, chunks, kGrainChunks, [&](int64_t b, int64_t e) {
     for (int64_t ch = b; ch < e; ++ch) {
       const int64_t lo = ch * kChunk, hi = std::min(lo + kChunk, pl.p);
       if (lo < pl.split) segment_write<S>(pl, coef, false, lo, std::min(hi, pl.split));
