@@ -123,7 +123,7 @@ at::Tensor gram_op(const at::Tensor& grads_in) {
 }
 
 at::Tensor solve_mu_op(const at::Tensor& gram_in, double c, c10::string_view solver,
-                    int64_t iters) {
+                       int64_t iters) {
   TORCH_CHECK(gram_in.dim() == 2 && gram_in.size(0) == gram_in.size(1) && gram_in.size(0) >= 2 &&
                   gram_in.size(0) <= kMaxStreams,
               "gram must be a square [K, K] matrix with 2 <= K <= ", kMaxStreams, ", got ",
@@ -174,8 +174,8 @@ void cgr_op(const at::Tensor& g1, const at::Tensor& g2, double tau, at::Tensor& 
               "g1 and g2 must share shape, dtype and device, got ", g1.sizes(), "/",
               g1.scalar_type(), "/", g1.device(), " and ", g2.sizes(), "/", g2.scalar_type(),
               "/", g2.device());
-  TORCH_CHECK(out.numel() == g1.numel() && out.is_contiguous(), "out must be a contiguous tensor "
-              "of ", g1.numel(), " elements, got ", out.sizes(), " (contiguous: ",
+  TORCH_CHECK(out.numel() == g1.numel() && out.is_contiguous(), "out must be a contiguous "
+              "tensor of ", g1.numel(), " elements, got ", out.sizes(), " (contiguous: ",
               out.is_contiguous(), ")");
   dtype_of(g1);
   // Views when g1, g2 are contiguous (copies otherwise); rows need unit stride only.
@@ -189,7 +189,7 @@ void cgr_op(const at::Tensor& g1, const at::Tensor& g2, double tau, at::Tensor& 
 }
 
 void uvs_cgr_op(const at::Tensor& buf_in, int64_t split, double c, double tau,
-             c10::string_view solver, int64_t iters, at::Tensor& out, at::Tensor& diag) {
+                c10::string_view solver, int64_t iters, at::Tensor& out, at::Tensor& diag) {
   const at::Tensor buf = check_rows(buf_in, "buf");
   const int64_t k = buf.size(0), p = buf.size(1);
   TORCH_CHECK(split >= 0 && split <= p, "split must lie in [0, P=", p,

@@ -6,9 +6,10 @@
 // fp32/bf16/fp16, double for fp64); chunk partials are then summed in chunk order in double.
 // Chunks, not threads, define the summation order, so the result is bitwise the same for any
 // thread count. finish() (solver.h) solves for mu on the reduced Gram matrix; pass 2 reads the
-// rows again and writes sum_j alpha_j g_j (theta) and eq. 24 (theta_p) into `out`, tile by tile
-// through a small stack buffer, so `out` may be row 0 itself.
+// rows again and writes sum_j alpha_j g_j (theta) and eq. 24 (theta_p) into `out`, which may be
+// row 0 itself (K = 2: one fused loop per segment; other K: tile by tile via stack buffers).
 // Traffic for K = 2 fp32, in place: 8 + 8 bytes read, 4 written per parameter (20 B/param).
+// Needs GCC or Clang (vector extensions, `#pragma GCC ivdep`).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
