@@ -54,7 +54,7 @@ at::Tensor check_rows(const at::Tensor& g, const char* name) {
 SolverKind check_solver(int64_t k, double c, c10::string_view solver, int64_t iters) {
   TORCH_CHECK(c >= 0, "c must be non-negative, but got ", c);
   TORCH_CHECK(solver == "pgd" || solver == "exact", "solver must be 'pgd' or 'exact', got '",
-              std::string(solver), "'");
+              std::string(solver.data(), solver.size()), "'");
   TORCH_CHECK(solver == "pgd" || k == 2, "solver='exact' solves K=2 only, got K=", k,
               "; use solver='pgd' for K > 2");
   TORCH_CHECK(iters <= (1 << 30), "iters must be at most 2^30, got ", iters);
