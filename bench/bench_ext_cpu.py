@@ -98,7 +98,7 @@ def main(p: int = 20_000_000, rounds: int = 7) -> None:
     for name, ts in times.items():
         print(f"  {name:28s} median {statistics.median(ts) * 1e3:8.1f} ms   "
               f"best {min(ts) * 1e3:8.1f} ms")
-    ratio = [f / b for f, b in zip(times["cpp"], bound)]
+    ratio = [f / b for f, b in zip(times["cpp"], bound, strict=True)]
     print(f"  copy bandwidth: median {statistics.median(copy_bw) / 1e9:.2f} GB/s, "
           f"best {max(copy_bw) / 1e9:.2f} GB/s")
     print(f"  fused effective: {BYTES_PER_PARAM * p / statistics.median(times['cpp']) / 1e9:.2f}"
@@ -106,7 +106,7 @@ def main(p: int = 20_000_000, rounds: int = 7) -> None:
           f"best {min(ratio):.2f} (target <= 1.4)")
     for name in cases:
         if name not in ("copy", "cpp"):
-            r = [t / f for t, f in zip(times[name], times["cpp"])]
+            r = [t / f for t, f in zip(times[name], times["cpp"], strict=True)]
             print(f"  cpp speedup over {name}: median {statistics.median(r):.1f}x")
     big = largest_allocation(cases["cpp"])
     print(f"  largest allocation in one fused call: {big} bytes (a row is {p * 4})")
