@@ -22,7 +22,7 @@ from csdfd.config import load_yaml, resolve
 from csdfd.data import synthetic
 from csdfd.data.stream import StepDataset
 from csdfd.inference import to_input
-from csdfd.ops import reference
+from csdfd.ops import dispatch, reference
 from csdfd.trainer import STRATEGIES, NonFiniteError, Trainer
 
 SYNTH = {"synth_train_ids": 4, "synth_val_ids": 2, "synth_test_ids": 2, "synth_frames": 4,
@@ -81,11 +81,12 @@ def _grads(model, batch, trainer):
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("backend", dispatch.backends("cpu"))
 @pytest.mark.parametrize("mode", ["OS", "uvs", "cgr", "csdfd"])
-def test_step_applies_the_strategy_gradient(mode, bench, tmp_path):
+def test_step_applies_the_strategy_gradient(mode, backend, bench, tmp_path):
     # tau = 0.01 moves phi's gradient by ~tau / P_phi relative (eq. 24), below fp32 noise of
     # this comparison; a large tau makes the CGR term visible, the wiring is the same.
-    trainer = Trainer(_cfg(mode=mode, tau=30.0), tmp_path, bench, quiet=True)
+    trainer = Trainer(_cfg(mode=mode, tau=30.0, backend=backend), tmp_path, bench, quiet=True)
     batch = StepDataset(bench, trainer.blend, 4, 32, 0, 0, (1, 2))[0]
     trainer._step(batch)
     applied = torch.cat([p.grad.reshape(-1) for p in trainer.model.parameters()])
@@ -207,6 +208,18 @@ def test_nonfinite_in_a_row_stops_and_keeps_last_good_checkpoint(mode, bench, tm
     assert state["epoch"] == 1 and state["global_step"] == per_epoch
     for name, value in trainer.model.state_dict().items():  # skipped steps moved nothing
         assert torch.equal(value, state["model"][name]), name
+
+
+def test_tensorboard_is_optional(bench, tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.warns(UserWarning, match="tensorboard package is not installed"):
+            result = Trainer(_cfg(tensorboard=True), tmp_path, bench, quiet=True).fit()
+    else:
+        result = Trainer(_cfg(tensorboard=True), tmp_path, bench, quiet=True).fit()
+        assert any((tmp_path / "tb").iterdir())
+    assert result["status"] == "finished"
 
 
 def test_amp_and_channels_last(bench, tmp_path):
