@@ -72,7 +72,12 @@ class FlatGrads:
                 self.segments.append(Segment(name, offset, p.numel(), tuple(p.shape), proj))
                 offset += p.numel()
         self.split = sum(s.numel for s in self.segments if not s.projection)
-        self.buf = torch.zeros(k, offset, dtype=dtypes.pop(), device=devices.pop())
+        dtype, device = dtypes.pop(), devices.pop()
+        # Rows start on 64-byte boundaries (padded row stride), so every row of the buffer is
+        # aligned for the fused kernels' vector loads whatever P is; buf is the [K, P] view.
+        pad = max(1, 64 // torch.empty((), dtype=dtype).element_size())
+        stride = -(-offset // pad) * pad
+        self.buf = torch.zeros(k, stride, dtype=dtype, device=device)[:, :offset]
         self.rows = [self._views(self.buf[r]) for r in range(k)]
         self.diag = torch.zeros(diag_size(k), dtype=torch.float32, device=self.buf.device)
         self.point_grads(0)
@@ -87,7 +92,7 @@ class FlatGrads:
 
     def point_grads(self, row: int) -> None:
         """Make every parameter's ``.grad`` a view into ``buf[row]`` (no copy)."""
-        for p, view in zip(self.params, self.rows[row]):
+        for p, view in zip(self.params, self.rows[row], strict=True):
             p.grad = view
 
     def backward(self, losses: Sequence[torch.Tensor]) -> None:

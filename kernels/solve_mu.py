@@ -80,7 +80,7 @@ def _pgd(G, valid, k, c, iters, beta0, beta_max, NB: tl.constexpr):
         sel = lanes == first
         new = tl.where(moved, tl.sum(tl.where(sel[:, None], cand, 0.0), axis=0), y)
         f_new = tl.where(moved, tl.sum(tl.where(sel, f_c, 0.0), axis=0), f_y)
-        last = tl.exp2(1.0 - NB)
+        last = tl.exp2(2.0 - NB)
         beta = tl.minimum(tl.where(moved, tl.sum(tl.where(sel, betas, 0.0), axis=0), beta * last),
                           beta_max)
         worse = f_new > f_mu
@@ -90,6 +90,67 @@ def _pgd(G, valid, k, c, iters, beta0, beta_max, NB: tl.constexpr):
         mu = tl.where(worse, mu, new)
         f_mu = tl.minimum(f_mu, f_new)
     return mu
+
+
+@triton.jit
+def _psi2(a, m, d, b0, b1, s0, c, t):
+    """psi at mu = (t, 1 - t) for K = 2, from the normalised Gram entries a = G00, m = G01,
+    d = G11 (scalar form of ``_psi``)."""
+    q = t * t * a + 2 * t * (1 - t) * m + (1 - t) * (1 - t) * d
+    return t * b0 + (1 - t) * b1 + c * s0 * tl.sqrt(tl.maximum(q, 0.0))
+
+
+@triton.jit
+def _pgd2(G, rows, cols, c, iters, beta0, beta_max, NB: tl.constexpr):
+    """``_pgd`` specialised to K = 2 in scalar arithmetic: the same iterates, without the
+    cross-thread reductions that make the tile version latency-bound.
+
+    On the 2-simplex mu = (t, 1 - t), the projection of (x0, x1) is t = clamp((x0 - x1 + 1) / 2,
+    0, 1), d = (delta, -delta), grad . d = delta (grad0 - grad1) and ||d||^2 = 2 delta^2.
+    """
+    a = tl.sum(tl.sum(tl.where((rows[:, None] == 0) & (cols[None, :] == 0), G, 0.0), 1), 0)
+    m = tl.sum(tl.sum(tl.where((rows[:, None] == 0) & (cols[None, :] == 1), G, 0.0), 1), 0)
+    d = tl.sum(tl.sum(tl.where((rows[:, None] == 1) & (cols[None, :] == 1), G, 0.0), 1), 0)
+    b0 = a + m
+    b1 = m + d
+    s0 = tl.sqrt(tl.maximum(b0 + b1, 0.0))
+    slack = 16 * 1.1920928955078125e-07 * (b0 + b1 + 1.0)
+    t_mu = a * 0.0 + 0.5
+    f_mu = _psi2(a, m, d, b0, b1, s0, c, t_mu)
+    t_y = t_mu
+    mom = a * 0.0 + 1.0
+    beta = a * 0.0 + beta0
+    for _ in range(iters):
+        gy0 = a * t_y + m * (1 - t_y)
+        gy1 = m * t_y + d * (1 - t_y)
+        nw = tl.sqrt(tl.maximum(t_y * gy0 + (1 - t_y) * gy1, 0.0))
+        gd = (b0 - b1) + c * s0 * (gy0 - gy1) / tl.maximum(nw, TINY)  # grad0 - grad1
+        f_y = _psi2(a, m, d, b0, b1, s0, c, t_y)
+        found = t_y < -1.0  # False, as a tensor
+        t_new = t_y
+        f_new = f_y
+        beta_new = beta * tl.exp2(2.0 - NB)
+        for i in tl.static_range(NB):  # candidate steps, largest first
+            b_i = beta * tl.exp2(1.0 - i)
+            x0 = t_y - b_i * (b0 + c * s0 * gy0 / tl.maximum(nw, TINY))
+            x1 = (1 - t_y) - b_i * (b1 + c * s0 * gy1 / tl.maximum(nw, TINY))
+            t_c = tl.minimum(tl.maximum((x0 - x1 + 1.0) / 2.0, 0.0), 1.0)
+            delta = t_c - t_y
+            f_c = _psi2(a, m, d, b0, b1, s0, c, t_c)
+            bound = f_y + delta * gd + (2 * delta * delta) / (2 * b_i)
+            ok = (f_c <= bound + slack * (1.0 + tl.abs(f_y))) & (found == 0)
+            t_new = tl.where(ok, t_c, t_new)
+            f_new = tl.where(ok, f_c, f_new)
+            beta_new = tl.where(ok, b_i, beta_new)
+            found = found | ok
+        beta = tl.minimum(beta_new, beta_max)
+        worse = f_new > f_mu
+        mom_next = (1.0 + tl.sqrt(1.0 + 4.0 * mom * mom)) / 2.0
+        t_y = tl.where(worse, t_mu, t_new + ((mom - 1.0) / mom_next) * (t_new - t_mu))
+        mom = tl.where(worse, 1.0, mom_next)
+        t_mu = tl.where(worse, t_mu, t_new)
+        f_mu = tl.minimum(f_mu, f_new)
+    return tl.where(rows == 0, t_mu, tl.where(rows == 1, 1.0 - t_mu, 0.0))
 
 
 @triton.jit
@@ -124,7 +185,7 @@ def _slope2(g00, g01, g11, b0, b1, s0, c, t):
 
 @triton.jit
 def solve_and_combine(G, rows, cols, k, c, iters, beta0, beta_max, rel,
-                      EXACT: tl.constexpr, NB: tl.constexpr):
+                      EXACT: tl.constexpr, NB: tl.constexpr, KP: tl.constexpr):
     """From a raw [KP, KP] Gram tile: (mu, alpha, status bits, finite) per reference
     ``solve_mu`` + ``combine_weights``. Non-finite G -> uniform mu, alpha 0."""
     valid = rows < k
@@ -135,6 +196,8 @@ def solve_and_combine(G, rows, cols, k, c, iters, beta0, beta_max, rel,
     gn = G / tl.maximum(tr, TINY)
     if EXACT:
         mu = _exact2(gn, rows, cols, c, iters)
+    elif KP == 2:  # K = 2, the paper's case: scalar form, same iterates
+        mu = _pgd2(gn, rows, cols, c, iters, beta0, beta_max, NB)
     else:
         mu = _pgd(gn, valid, k, c, iters, beta0, beta_max, NB)
     mu = tl.where(finite, mu, tl.where(valid, 1.0 / k, 0.0))
@@ -156,7 +219,8 @@ def _solve_mu_kernel(gram_ptr, mu_ptr, k, c, iters, beta0, beta_max, rel,
     cols = tl.arange(0, KP)
     m = (rows[:, None] < k) & (cols[None, :] < k)
     G = tl.load(gram_ptr + rows[:, None] * k + cols[None, :], mask=m, other=0.0)
-    mu, _a, _s, _f = solve_and_combine(G, rows, cols, k, c, iters, beta0, beta_max, rel, EXACT, NB)
+    mu, _a, _s, _f = solve_and_combine(G, rows, cols, k, c, iters, beta0, beta_max, rel,
+                                       EXACT, NB, KP)
     tl.store(mu_ptr + rows, mu, mask=rows < k)
 
 

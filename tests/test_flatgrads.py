@@ -92,3 +92,10 @@ def test_bad_construction():
         FlatGrads([])
     with pytest.raises(ValueError, match="expected 2 losses"):
         FlatGrads(phi.parameters()).backward([torch.tensor(1.0, requires_grad=True)])
+
+
+def test_rows_are_64_byte_aligned_for_any_p():
+    layer = torch.nn.Linear(3, 1)  # P = 4 parameters
+    fg = FlatGrads(layer.parameters(), k=3)
+    assert fg.buf.shape == (3, 4)
+    assert all(fg.buf[r].data_ptr() % 64 == 0 for r in range(3))

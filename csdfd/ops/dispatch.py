@@ -102,7 +102,17 @@ def resolve(backend: str, device: torch.device) -> str:
     return backend
 
 
+_RESOLVED: dict[tuple[str, str], ModuleType] = {}
+
+
 def get(backend: str, device: torch.device) -> ModuleType:
-    """The implementation module for ``backend`` (or "auto") on ``device`` tensors."""
-    module, _ = _load(resolve(backend, device))
+    """The implementation module for ``backend`` (or "auto") on ``device`` tensors.
+
+    Resolved once per (backend, device type) and kept in a plain dict, so after one eager call
+    torch.compile traces through this lookup (Dynamo cannot trace importlib).
+    """
+    key = (backend, device.type)
+    module = _RESOLVED.get(key)
+    if module is None:
+        module = _RESOLVED[key] = _load(resolve(backend, device))[0]
     return module
