@@ -74,7 +74,7 @@ def _pass1(buf_ptr, stride, split, P, part_ptr, ticket_ptr, diag_ptr, coef_ptr,
         G = _reduce_partials(part_ptr, nprog, 0, KP, RBLOCK)
         Gp = _reduce_partials(part_ptr, nprog, 1, KP, RBLOCK)
         mu, alpha, status, finite = solve_and_combine(
-            G, rows, cols, k, c, iters, beta0, beta_max, rel, EXACT, NB)
+            G, rows, cols, k, c, iters, beta0, beta_max, rel, EXACT, NB, KP)
         valid = rows < k
         finite_p = tl.sum(tl.sum((Gp != Gp) | (tl.abs(Gp) == float("inf")), 1), 0) == 0
         ok = finite & finite_p
