@@ -60,7 +60,8 @@ def test_stream_gradients(benchmark, how):
     try:
         how(net, fg, x, y)
     except Exception as exc:  # noqa: BLE001 - report what fails, e.g. vmap over BatchNorm
-        ROWS.append(dict(op="stream_grads", impl=how.__name__, K=2, P=fg.numel, seconds=float("nan"),
+        ROWS.append(dict(op="stream_grads", impl=how.__name__, K=2, P=fg.numel,
+                         seconds=float("nan"),
                          error=f"{type(exc).__name__}: {str(exc)[:120]}", device=device_name()))
         pytest.skip(f"{how.__name__} fails on efficientnet_b0: {type(exc).__name__}: {exc}")
     ref = fg.buf.clone()

@@ -74,7 +74,8 @@ def _table(rows: list[dict]) -> str:
         frac = f"{r['GB/s'] / cp['GB/s']:.0%}" if cp and "GB/s" in r and r is not cp else ""
         gbs = f"{r['GB/s']:.1f}" if "GB/s" in r else ""
         lines.append(f"| {r['op']} | {r['impl']} | {r.get('K', '')} | {r['P']:,} | "
-                     f"{r.get('dtype', '')} | {r['seconds'] * 1e3:.3f} ms | {gbs} | {speed} | {frac} |")
+                     f"{r.get('dtype', '')} | {r['seconds'] * 1e3:.3f} ms | {gbs} | {speed} | "
+                     f"{frac} |")
     return "\n".join(lines)
 
 
@@ -85,7 +86,7 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line("")
     terminalreporter.write_line(f"csdfd benchmarks on {device_name()} (torch {torch.__version__})")
     if DEVICE == "cpu" and any(r["impl"] == "triton" for r in ROWS):
-        terminalreporter.write_line("triton rows ran in the CPU interpreter: NOT performance numbers")
+        terminalreporter.write_line("triton rows ran in the CPU interpreter: not performance")
     terminalreporter.write_line(table)
     tag = os.environ.get("CSDFD_BENCH_TAG") or re.sub(
         r"[^A-Za-z0-9_.-]+", "-", f"{device_name()}-{datetime.date.today().isoformat()}")

@@ -14,7 +14,8 @@ print(torch.cuda.get_device_name(), "torch", torch.__version__, "backends", back
 torch.manual_seed(0)
 for backend in backends:
     for k, p, split, dtype in [(2, 1_000_003, 950_000, torch.float32),
-                               (3, 100_001, 90_000, torch.bfloat16), (5, 4097, 4000, torch.float16)]:
+                               (3, 100_001, 90_000, torch.bfloat16),
+                               (5, 4097, 4000, torch.float16)]:
         buf = torch.randn(k, p, device="cuda", dtype=dtype)
         buf[1] -= 0.6 * buf[0]
         want_buf = buf.clone()

@@ -89,13 +89,13 @@ def naive_step(grad_lists: list[list[torch.Tensor]], n_theta: int, c: float = 0.
         g1, g2 = proj[0], proj[1]
         gamma = tau / (g1.norm() * g2.norm())
         v = torch.cat([v, g1 + g2 - gamma * (g1 * g1 * g2 + g2 * g2 * g1)])
-    for dst, src in zip(grad_lists[0], torch.split(v, [g.numel() for g in grad_lists[0]])):
+    pieces = torch.split(v, [g.numel() for g in grad_lists[0]])
+    for dst, src in zip(grad_lists[0], pieces, strict=True):
         dst.copy_(src.view_as(dst))
 
 
 def cagrad_recipe(matrix: torch.Tensor, c: float = 0.5) -> torch.Tensor:
     """CAGrad's official recipe on a [K, P] matrix (host SLSQP); returns g (mean-based g0)."""
-    k = matrix.shape[0]
     gram = (matrix @ matrix.T).double().cpu().numpy()  # host sync
     w = host_mu(gram, c, mean_g0=True)
     g0_norm = np.sqrt(max(gram.mean(), 1e-20))

@@ -1,4 +1,4 @@
-"""Flat per-stream gradient buffers: one contiguous [K, P] tensor for a model's trainable parameters.
+"""Flat per-stream gradient buffers: one [K, P] tensor for a model's trainable parameters.
 
 Row k holds stream k's gradient. Columns [0, split) belong to the UVS parameters theta, columns
 [split, P) to the CGR projection layer theta_p (so the fused ops see two contiguous segments).

@@ -40,7 +40,8 @@ def _psi_rows(G, b, s0, c, M):
 def _project_rows(X, valid):
     """Euclidean projection of each row of X ([NB, KP]) onto the simplex over the valid lanes.
 
-    Sort-free form of the sort-based rule: theta* = max_i (sum_{j: x_j >= x_i} x_j - 1) / #{j: x_j >= x_i}.
+    Sort-free form of the sort-based rule:
+    theta* = max_i (sum_{j: x_j >= x_i} x_j - 1) / #{j: x_j >= x_i}.
     """
     xv = tl.where(valid[None, :], X, NEG)
     ge = (xv[:, None, :] >= xv[:, :, None]) & valid[None, None, :]  # [NB, i, j]: x_j >= x_i

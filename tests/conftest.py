@@ -64,6 +64,7 @@ def assert_uvs_matches(theta, got_v, got_mu, got_alpha, got_gram, c=0.5):
     torch.testing.assert_close(got_alpha.cpu().to(alpha.dtype), alpha, rtol=1e-4, atol=1e-5)
     v = reference._weighted_sum(theta.clone(), got_alpha.cpu().to(g.dtype), theta[0].clone())
     # alpha reported through the float32 diagnostics carries float32 rounding
-    rtol, atol = TOL[torch.float32 if dtype == torch.float64 and got_alpha.dtype != dtype else dtype]
+    reported = torch.float32 if dtype == torch.float64 and got_alpha.dtype != dtype else dtype
+    rtol, atol = TOL[reported]
     scale = float(v.abs().max().float()) + 1e-30
     torch.testing.assert_close(got_v.cpu().float(), v.float(), rtol=rtol, atol=atol * scale)

@@ -1,4 +1,5 @@
-"""cgr: eq. 24 for the projection layer, and how close it is to the exact conflict-descent gradient."""
+"""cgr: eq. 24 for the projection layer, and how close it is to the exact conflict-descent
+gradient."""
 
 import pytest
 import torch

@@ -44,8 +44,8 @@ def test_rows_hold_each_streams_gradient():
     backbone, phi, head, fg = build()
     x = torch.randn(6, 3, 8, 8)
     l1, l2 = losses(backbone, phi, head, x)
-    want = [torch.cat([g.flatten() for g in torch.autograd.grad(l, fg.params, retain_graph=True)])
-            for l in (l1, l2)]
+    grads = [torch.autograd.grad(loss, fg.params, retain_graph=True) for loss in (l1, l2)]
+    want = [torch.cat([g.flatten() for g in gs]) for gs in grads]
     fg.backward([l1, l2])
     torch.testing.assert_close(fg.buf[0], want[0])
     torch.testing.assert_close(fg.buf[1], want[1])
@@ -60,10 +60,10 @@ def test_grad_views_alias_row0_and_optimizer_steps(mode):
     fg.backward(list(losses(backbone, phi, head, x)))
     fg.step() if mode == "step" else fg.sum_streams()
     combined = fg.buf[0].clone()
-    for p, seg in zip(fg.params, fg.segments):
+    for p, seg in zip(fg.params, fg.segments, strict=True):
         assert p.grad.data_ptr() == fg.buf[0, seg.offset:].data_ptr()
     opt.step()
-    delta = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, fg.params)])
+    delta = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, fg.params, strict=True)])
     torch.testing.assert_close(delta, 0.1 * combined)
 
 

@@ -8,11 +8,10 @@ import sys
 assert os.environ.get("TRITON_INTERPRET") != "1", "run without TRITON_INTERPRET"
 
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-
 from csdfd.kernels import solve_mu as ksolve  # noqa: E402
 from csdfd.kernels import uvs_cgr as kstep  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 PASS1 = dict(buf_ptr="*{dt}", stride="i64", split="i64", P="i64", part_ptr="*fp32",

@@ -1,4 +1,4 @@
-"""Pure-torch reference of the CS-DFD gradient ops: the specification every backend is tested against.
+"""Pure-torch reference of the CS-DFD gradient ops: the specification every backend must meet.
 
 Paper: "Suppressing Gradient Conflict for Generalizable Deepfake Detection" (Liu et al.).
 Equation numbers below are the paper's. Notation: K stream gradients g_1..g_K (rows of a [K, P]
@@ -161,8 +161,8 @@ def solve_mu(
     """Minimise the dual psi(mu) of eq. 15 over the simplex; returns mu* ([K]).
 
     ``solver="pgd"``: the paper's projected gradient loop (eq. 16), ``iters`` steps (default
-    64) from uniform mu with the accelerated backtracking step rule of :func:`_pgd`, initial step ``beta0``
-    on the trace-normalised Gram matrix. ``solver="exact"``: K = 2 only,
+    64) from uniform mu with the accelerated backtracking step rule of :func:`_pgd`, initial
+    step ``beta0`` on the trace-normalised Gram matrix. ``solver="exact"``: K = 2 only,
     bisection to machine precision. A non-finite Gram gives the uniform start.
     """
     k = check_solver(gram, c, solver)

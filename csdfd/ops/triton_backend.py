@@ -58,7 +58,8 @@ def _step(buf, split, c, tau, solver, iters, out, diag, gram_only=False) -> Step
     check_split(split, p)
     _check_buffer(buf)
     _, kstep = _kernels()
-    diag = torch.empty(diag_size(k), dtype=torch.float32, device=buf.device) if diag is None else diag
+    if diag is None:
+        diag = torch.empty(diag_size(k), dtype=torch.float32, device=buf.device)
     args = _solver_args(c, tau, solver, iters)
     if gram_only:
         kstep.gram_pass(buf, split, diag, **args)
