@@ -11,8 +11,9 @@ Two *source* families play the role of FF++'s manipulations (stream 1's ``xf``):
 Three *target* families stand for unseen datasets and are never used in training or model
 selection:
 
-- ``hq-swap`` (Celeb-DF-like): a full-resolution swap with colour transfer to the target's skin
-  and a wide feathered mask; what remains is a subtle blending boundary and identity mismatch.
+- ``hq-swap`` (Celeb-DF-like): a full-resolution swap, slightly smoothed by its decoder, with
+  most of the colour mismatch corrected and a wide feathered mask; what remains are subtle
+  blending traces, the kind self-blending teaches.
 - ``relit-parts`` (DFDC-like): brows, eyes and nose of another identity lit from another
   direction, in heavily compressed video (the target domain's JPEG quality is low).
 - ``gan-decoder``: the whole face re-synthesised by a decoder with nearest-neighbour
@@ -100,12 +101,15 @@ def mouth_reenact(tgt: Identity, src: Identity, fr: Frame, size: int, rng: np.ra
 
 
 def hq_swap(tgt: Identity, src: Identity, fr: Frame, size: int, rng: np.random.Generator):
-    """Target family 1: full-resolution swap, colour-transferred, wide feathered mask."""
+    """Target family 1: full-resolution swap from a decoder slightly smoother than the camera,
+    mostly colour-corrected, through a wide feathered mask."""
     real, lm = render(tgt, fr, size)
     swapped, lm_s = render(swap_identity(tgt, src), fr, size)
+    swapped = cv2.GaussianBlur(swapped, (0, 0), size / 64 * rng.uniform(0.4, 0.8))
     mask = hull_mask(np.concatenate([lm[:27], lm_s[:27]]), size, 0, size / rng.uniform(15, 30))
-    swapped = _colour_transfer(swapped, real, mask)
-    return composite(real, swapped, mask), lm_s
+    matched = _colour_transfer(swapped, real, mask)
+    w = rng.uniform(0.6, 0.9)  # how much of the colour mismatch the tool corrected
+    return composite(real, w * matched + (1 - w) * swapped, mask), lm_s
 
 
 def relit_parts(tgt: Identity, src: Identity, fr: Frame, size: int, rng: np.random.Generator):
