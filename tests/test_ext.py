@@ -177,8 +177,43 @@ def test_k_limit(device):
     got = ops.uvs_cgr(buf.clone(), 250, backend=ext_name(device))
     want = ref.uvs_cgr(buf.cpu().clone(), 250)
     torch.testing.assert_close(got.diag.cpu(), want.diag, rtol=1e-5, atol=1e-6)
-    with pytest.raises(RuntimeError, match=f"K <= {k}.*backend='reference'"):
-        ops.uvs_cgr(buf_for(k + 1, 30, device=device), 10, backend=ext_name(device))
+    # K + 1 is refused by the wrapper before any allocation or launch (no C++ exception).
+    big = buf_for(k + 1, 30, device=device)
+    for call in (lambda: ops.uvs_cgr(big, 10, backend=ext_name(device)),
+                 lambda: ops.uvs(big, backend=ext_name(device)),
+                 lambda: ops.gram(big, backend=ext_name(device))):
+        with pytest.raises(ValueError, match=f"K <= {k}.*backend='reference'"):
+            call()
+
+
+@built
+@pytest.mark.parametrize("device", DEVICES)
+def test_k_limit_in_the_op_itself(device):
+    """A direct torch.ops.csdfd call with K = MAX_STREAMS + 1 raises RuntimeError from the C++
+    check. Run in a child process: the first GPU run died with a segfault on exactly this
+    C++ exception, and a crash here must fail this test, not kill the session."""
+    code = f"""
+import torch
+from csdfd.ops import ext_backend as ext
+k = ext._C.MAX_STREAMS + 1
+buf = torch.randn(k, 30, device="{device}")
+out, diag = torch.empty_like(buf[0]), buf.new_zeros(2 * k * k + 2 * k + 1)
+for args in [(buf, 10, 0.5, 0.01, "pgd", 8, out, diag)]:
+    try:
+        torch.ops.csdfd.uvs_cgr(*args)
+        raise SystemExit("no error")
+    except RuntimeError as e:
+        assert f"K <= {{k - 1}}" in str(e) and "backend='reference'" in str(e), e
+try:
+    torch.ops.csdfd.gram(buf)
+    raise SystemExit("no error")
+except RuntimeError as e:
+    assert "backend='reference'" in str(e), e
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, (res.returncode, res.stderr[-3000:])
 
 
 def ext_name(device):

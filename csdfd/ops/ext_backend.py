@@ -46,6 +46,17 @@ def _iters(solver: str, iters: int | None) -> int:
     return int(iters)
 
 
+def _check_k(k: int, name: str) -> None:
+    """The compiled engines' stream limit, checked here before anything is allocated or launched
+    (csrc/ops.cpp checks it again for direct torch.ops.csdfd calls)."""
+    limit = _C.MAX_STREAMS if _C is not None else 8
+    if k > limit:
+        raise ValueError(
+            f"{name} must have 2 <= K <= {limit} rows for the cpp/cuda backends, got K={k}; "
+            "use backend='reference' for more streams"
+        )
+
+
 def _check_step(k: int, c: float, solver: str) -> None:
     """The reference's solver checks, on a shape-only (meta) Gram: no device allocation."""
     check_solver(torch.empty(k, k, device="meta"), c, solver)
@@ -60,7 +71,8 @@ def _dense(out: torch.Tensor) -> torch.Tensor:
 
 def gram(grads: torch.Tensor) -> torch.Tensor:
     """[K, K] Gram matrix, fp32 accumulation (fp64 for fp64 input); see reference.gram."""
-    check_grads(grads, allow_empty=True)
+    k, _ = check_grads(grads, allow_empty=True)
+    _check_k(k, "grads")
     return torch.ops.csdfd.gram(grads)
 
 
@@ -68,7 +80,7 @@ def solve_mu(
     gram: torch.Tensor, c: float = 0.5, solver: str = "pgd", iters: int | None = None
 ) -> torch.Tensor:
     """mu* of the dual (eq. 15) by PGD (eq. 16) or exact K = 2 bisection; see reference.solve_mu."""
-    check_solver(gram, c, solver)
+    _check_k(check_solver(gram, c, solver), "gram")
     g = gram if gram.dtype in (torch.float32, torch.float64) else gram.float()
     return torch.ops.csdfd.solve_mu(g, float(c), solver, _iters(solver, iters)).to(gram.dtype)
 
@@ -83,6 +95,7 @@ def uvs(
     """v* = sum_j alpha_j g_j (eq. 14) written into ``out`` (may be ``grads[0]``); see
     reference.uvs."""
     k, _ = check_grads(grads, allow_empty=True)
+    _check_k(k, "grads")
     _check_step(k, c, solver)
     target = torch.empty_like(grads[0]) if out is None else _dense(out)
     mu, alpha, g, status = torch.ops.csdfd.uvs(
@@ -121,6 +134,7 @@ def uvs_cgr(
     ``out`` (default ``buf[0]``); diagnostics in ``diag``, no host sync. See reference.uvs_cgr."""
     k, p = check_grads(buf)
     check_split(split, p)
+    _check_k(k, "buf")
     _check_step(k, c, solver)
     out = buf[0] if out is None else out
     diag = buf.new_zeros(diag_size(k), dtype=torch.float32) if diag is None else diag
