@@ -16,17 +16,14 @@ def plot_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") 
     fig, (ax_loss, ax_cos) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for label, rows in runs.items():
         train = [r for r in rows if r.get("kind") == "train"]
-        steps = [r["step"] for r in train]
         prefix = f"{label}: " if len(runs) > 1 else ""
-        for key, style in (("L1", "-"), ("L2", "--")):
-            pts = [(s, r[key]) for s, r in zip(steps, train) if r.get(key) is not None]
+        for ax, key, style, name in ((ax_loss, "L1", "-", "L1"), (ax_loss, "L2", "--", "L2"),
+                                     (ax_cos, "cos", "-", "cos(g1, g2) over theta"),
+                                     (ax_cos, "cos_p", ":", "over phi")):
+            pts = [(r["step"], r[key]) for r in train if r.get(key) is not None]
             if pts:
-                ax_loss.plot(*zip(*pts), style, label=f"{prefix}{key}")
-        for key, style in (("cos", "-"), ("cos_p", ":")):
-            pts = [(s, r[key]) for s, r in zip(steps, train) if r.get(key) is not None]
-            if pts:
-                name = "cos(g1, g2) over theta" if key == "cos" else "over phi"
-                ax_cos.plot(*zip(*pts), style, label=f"{prefix}{name}")
+                steps, values = zip(*pts, strict=True)
+                ax.plot(steps, values, style, label=f"{prefix}{name}")
     ax_loss.set_ylabel("BCE loss")
     ax_loss.set_title(title or "per-stream losses: L1 = [xr, xf], L2 = [xr, xs]")
     ax_cos.axhline(0.0, color="grey", lw=0.8)

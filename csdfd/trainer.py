@@ -27,12 +27,13 @@ point and v* = g0 exactly.
 
 Non-finite policy: a step whose loss or gradient is not finite (the op's NONFINITE flag, or
 ``isfinite`` of the losses / single-stream gradient norm) is skipped (no optimizer update) and
-counted, and the BatchNorm statistics its forward pass moved are restored (the floating-point
-buffers are copied aside before every step: a few kB, one fused copy); ``max_nonfinite`` in a
-row stop the run with NonFiniteError, leaving the last good checkpoint untouched. Deciding to skip needs one 1-element host read per step: free on CPU;
-on a GPU it is one synchronisation per step, the same one ``torch.amp.GradScaler`` makes
-(``found_inf``), which costs the overlap of the next step's launches with this step's tail.
-Losses and UVS/CGR diagnostics are read only every ``log_every`` steps (runlog.Window).
+counted, and the BatchNorm statistics its forward pass moved are restored (the buffers are
+copied aside before every step: a few kB, one fused copy); ``max_nonfinite`` in a row stop the
+run with NonFiniteError, leaving the last good checkpoint untouched. Deciding to skip needs one
+1-element host read per step: free on CPU; on a GPU it is one synchronisation per step, the
+same one ``torch.amp.GradScaler`` makes (``found_inf``), which costs the overlap of the next
+step's launches with this step's tail. Losses and UVS/CGR diagnostics are read only every
+``log_every`` steps (runlog.Window).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class Trainer:
         stream_losses = [F.binary_cross_entropy_with_logits(torch.cat([real, f]), target)
                          for f in fakes]
         losses: list = [None, None]
-        for s, loss in zip(st.streams, stream_losses):
+        for s, loss in zip(st.streams, stream_losses, strict=True):
             losses[s - 1] = loss
         if self.fg is None:  # O or S: one stream, plain gradient
             self.opt.zero_grad(set_to_none=True)
@@ -374,7 +375,7 @@ def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
     if hasattr(torch, "_foreach_copy_"):
         torch._foreach_copy_(dst, src)
     else:
-        for d, s in zip(dst, src):
+        for d, s in zip(dst, src, strict=True):
             d.copy_(s)
 
 

@@ -14,10 +14,13 @@ from csdfd.data import (
     BLENDS,
     ArrayFrames,
     ConcatFrames,
+    forgeries,
     get_blend,
     load_benchmark,
+    render,
+    selfblend,
+    synthetic,
 )
-from csdfd.data import forgeries, render, selfblend, synthetic
 from csdfd.data.stream import StepDataset
 
 SPEC = synthetic.SyntheticSpec(size=32, train_ids=4, val_ids=2, test_ids=2, frames=3,
@@ -54,7 +57,7 @@ def test_layout(bench):
 
 def test_deterministic_and_seeded(bench):
     again = synthetic.make_benchmark(SPEC, verbose=False)
-    for a, b in zip(_arrays(bench), _arrays(again)):
+    for a, b in zip(_arrays(bench), _arrays(again), strict=True):
         np.testing.assert_array_equal(a, b)
     other = synthetic.make_benchmark(dataclasses.replace(SPEC, seed=4), verbose=False)
     assert not np.array_equal(bench.train_real.images_, other.train_real.images_)

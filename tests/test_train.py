@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,7 +92,8 @@ def test_step_applies_the_strategy_gradient(mode, backend, bench, tmp_path):
     g = _grads(trainer.model, batch, trainer)
     names = [n for n, _ in trainer.model.named_parameters()]
     sizes = [p.numel() for p in trainer.model.parameters()]
-    is_phi = torch.cat([torch.full((s,), n.startswith("phi.")) for n, s in zip(names, sizes)])
+    is_phi = torch.cat([torch.full((s,), n.startswith("phi."))
+                        for n, s in zip(names, sizes, strict=True)])
     c, tau = trainer.cfg.c, trainer.cfg.tau
     expect = g.sum(0)
     if mode == "uvs":

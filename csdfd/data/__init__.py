@@ -164,7 +164,7 @@ def blended_copies(frames: Frames, blend: Blend, seed: int) -> ArrayFrames:
     idx = np.flatnonzero(frames.labels == 0)
     imgs, lms = frames.images(idx), frames.landmarks(idx)
     fakes = [blend(img, lm, np.random.default_rng([seed, 7, int(i)]))[0]
-             for i, img, lm in zip(idx, imgs, lms)]
+             for i, img, lm in zip(idx, imgs, lms, strict=True)]
     return ArrayFrames(np.stack(fakes), np.ones(len(idx), np.int64), lms,
                        np.full(len(idx), "self-blend", dtype=object))
 

@@ -54,7 +54,8 @@ class StepDataset(torch.utils.data.Dataset):
             out["xf"] = self.bench.train_fake.images(np.sort(fidx))
         if 2 in self.streams:
             lms = self.bench.train_real.landmarks(ridx)
-            out["xs"] = np.stack([self.blend(img, lm, rng)[0] for img, lm in zip(real, lms)])
+            out["xs"] = np.stack([self.blend(img, lm, rng)[0]
+                                  for img, lm in zip(real, lms, strict=True)])
         for key in ("xr", "xf", "xs"):  # a fixed key order keeps the rng draws reproducible
             if key in out:
                 imgs = fit_size(out[key], self.size)
