@@ -22,7 +22,7 @@ from pathlib import Path
 from .config import SYNTHETIC_PRESET, Config, load_yaml, resolve
 
 #: Fields that may change on --resume without breaking bit-exact continuation.
-RESUME_SAFE = {"epochs", "log_every", "tensorboard", "workers", "eval_batch_size", "device"}
+RESUME_SAFE = {"log_every", "tensorboard", "workers", "eval_batch_size"}
 
 
 def _parse_optional(kind):

@@ -122,11 +122,15 @@ def test_single_stream_step_is_the_plain_gradient(mode, bench, tmp_path):
                                rtol=2e-4, atol=1e-6)
 
 
+RESUME = {"epochs": 4, "drop_rate": 0.3}
+
+
 @pytest.fixture(scope="module")
 def straight(bench, tmp_path_factory):
-    """Four epochs in one go: the reference for the resume tests."""
+    """Four epochs in one go: the reference for the resume tests (dropout on, so that the
+    torch RNG state matters)."""
     out = tmp_path_factory.mktemp("straight")
-    trainer = Trainer(_cfg(epochs=4), out, bench, quiet=True)
+    trainer = Trainer(_cfg(**RESUME), out, bench, quiet=True)
     return trainer.fit(), trainer.model.state_dict(), trainer.opt.state_dict()
 
 
@@ -145,10 +149,10 @@ def _assert_same_run(a, b):
 
 
 def test_two_plus_two_epochs_equal_four(bench, straight, tmp_path):
-    first = Trainer(_cfg(epochs=4), tmp_path, bench, quiet=True).fit(stop_after=2)
+    first = Trainer(_cfg(**RESUME), tmp_path, bench, quiet=True).fit(stop_after=2)
     assert first["status"] == "stopped" and first["epoch"] == 2
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
-    trainer = Trainer(_cfg(epochs=4), tmp_path, bench, resume=tmp_path / "last.pt", quiet=True)
+    trainer = Trainer(_cfg(**RESUME), tmp_path, bench, resume=tmp_path / "last.pt", quiet=True)
     _assert_same_run(straight, (trainer.fit(), trainer.model.state_dict(),
                                 trainer.opt.state_dict()))
     steps = [r["step"] for r in _rows(tmp_path, "train")]
@@ -164,12 +168,12 @@ def test_ctrl_c_mid_epoch_then_resume_is_exact(bench, straight, tmp_path, monkey
         return real_step(self, batch)
 
     monkeypatch.setattr(Trainer, "_step", interrupt_at_step_6)
-    first = Trainer(_cfg(epochs=4), tmp_path, bench, quiet=True).fit()
+    first = Trainer(_cfg(**RESUME), tmp_path, bench, quiet=True).fit()
     assert first["status"] == "interrupted"
     state = load_checkpoint(tmp_path / "last.pt")
     assert (state["epoch"], state["step"], state["global_step"]) == (1, 2, 6)
     monkeypatch.setattr(Trainer, "_step", real_step)
-    trainer = Trainer(_cfg(epochs=4), tmp_path, bench, resume=tmp_path / "last.pt", quiet=True)
+    trainer = Trainer(_cfg(**RESUME), tmp_path, bench, resume=tmp_path / "last.pt", quiet=True)
     _assert_same_run(straight, (trainer.fit(), trainer.model.state_dict(),
                                 trainer.opt.state_dict()))
 

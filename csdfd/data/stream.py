@@ -87,7 +87,10 @@ class StepDataset(torch.utils.data.Dataset):
 
 def step_loader(ds: StepDataset, start: int, workers: int = 0) -> torch.utils.data.DataLoader:
     """Batches ``start .. len(ds) - 1`` of one epoch, in order (``workers`` build them ahead)."""
+    # A private generator: a DataLoader otherwise draws its base seed from the global torch RNG,
+    # which would shift dropout masks after a mid-epoch resume.
     return torch.utils.data.DataLoader(
         ds, batch_size=None, sampler=range(start, len(ds)), num_workers=workers,
         persistent_workers=False, pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(ds.seed),
     )
