@@ -28,8 +28,11 @@ DEFAULT_MODES = ("O", "S", "OS", "csdfd")  # Table II: the strategies and the me
 
 def build_study_parser():
     parser = build_parser("python -m csdfd.study")
-    parser.description = ("Train several strategies with the same seed and data and print one "
+    parser.description = ("Train several strategies with the same seed and data and print one\n"
                           "comparison table (the paper's Table II / III).")
+    parser.epilog = ("examples:\n"
+                     "  python -m csdfd.study --fused                       # O, S, OS, csdfd\n"
+                     "  python -m csdfd.study --modes O uvs cgr csdfd --out runs/ablation")
     parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
                         metavar="MODE", help=f"strategies to compare, from {MODES}")
     return parser

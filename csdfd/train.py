@@ -59,12 +59,20 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(prog: str = "python -m csdfd.train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train a deepfake detector with CS-DFD (UVS + CGR) or a baseline "
-                    "strategy, and test it on the in-domain and cross-domain sets.")
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a deepfake detector with CS-DFD (UVS + CGR) or a baseline strategy,\n"
+                    "and test it on the in-domain and cross-domain sets.",
+        epilog="examples:\n"
+               "  python -m csdfd.train --fused                  # synthetic benchmark, CS-DFD\n"
+               "  python -m csdfd.train --mode OS --out runs/os  # plain L1 + L2 baseline\n"
+               "  python -m csdfd.train --out runs/os --resume   # continue runs/os/last.pt\n"
+               "  python -m csdfd.train --config run.yaml --epochs 4   # YAML, then flags\n"
+               "order: defaults (paper), synthetic preset (synthetic data only), --config, flags;\n"
+               "the resolved config is saved as OUT/config.yaml")
     run = parser.add_argument_group("run")
     run.add_argument("--config", metavar="FILE.yaml", default=None,
-                     help="YAML file of Config fields, applied before the flags")
+                     help="YAML file of Config fields (the keys of OUT/config.yaml), applied "
+                          "before the flags")
     run.add_argument("--fused", action="store_true",
                      help="use the fastest available gradient-op backend (backend=auto) and "
                           "print which")
