@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, dump_yaml
-from .data import Benchmark, ConcatFrames, blended_copies, get_blend, load_benchmark
+from .data import Benchmark, BlendedFrames, ConcatFrames, get_blend, load_benchmark
 from .data.stream import StepDataset, step_loader
 from .flatgrads import FlatGrads
 from .inference import evaluate_sets, to_input
@@ -134,8 +134,8 @@ class Trainer:
         """Validation (selection only) + in-domain test + each cross-domain target."""
         val = self.bench.val
         if self.cfg.val_blend and self.bench.val_real is not None:
-            val = ConcatFrames([val, blended_copies(self.bench.val_real, self.blend,
-                                                    self.cfg.seed)])
+            val = ConcatFrames([val, BlendedFrames(self.bench.val_real, self.blend,
+                                                   self.cfg.seed)])
         return {"val": val, IN_DOMAIN: self.bench.test, **self.bench.targets}
 
     # --- Algorithm 1 ---------------------------------------------------------------------------

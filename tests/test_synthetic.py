@@ -13,6 +13,7 @@ from csdfd.config import resolve
 from csdfd.data import (
     BLENDS,
     ArrayFrames,
+    BlendedFrames,
     ConcatFrames,
     forgeries,
     get_blend,
@@ -156,6 +157,16 @@ def test_step_dataset_resizes_and_checks_batch(bench):
     assert ds[0]["xs"].shape == (4, 40, 40, 3)
     with pytest.raises(ValueError, match="batch_size 99 exceeds"):
         StepDataset(bench, get_blend("simple"), 99, 32, 0, 0, (1, 2))
+
+
+def test_blended_frames_are_stable(bench):
+    blended = BlendedFrames(bench.val_real, get_blend("simple"), seed=5)
+    assert len(blended) == len(bench.val_real) and (blended.labels == 1).all()
+    idx = np.array([2, 0, 1])
+    first, again = blended.images(idx), blended.images(idx[::-1])[::-1]
+    np.testing.assert_array_equal(first, again)  # a function of the frame, not of the read
+    assert first.shape == (3, 32, 32, 3) and not np.array_equal(first, bench.val_real.images(idx))
+    np.testing.assert_array_equal(blended.landmarks(idx), bench.val_real.landmarks(idx))
 
 
 def test_concat_frames_keeps_order(bench):

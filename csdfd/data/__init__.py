@@ -159,14 +159,27 @@ class Benchmark:
         return "\n".join(lines)
 
 
-def blended_copies(frames: Frames, blend: Blend, seed: int) -> ArrayFrames:
-    """Self-blended fakes of every real frame of ``frames`` (fixed seed: for validation)."""
-    idx = np.flatnonzero(frames.labels == 0)
-    imgs, lms = frames.images(idx), frames.landmarks(idx)
-    fakes = [blend(img, lm, np.random.default_rng([seed, 7, int(i)]))[0]
-             for i, img, lm in zip(idx, imgs, lms, strict=True)]
-    return ArrayFrames(np.stack(fakes), np.ones(len(idx), np.int64), lms,
-                       np.full(len(idx), "self-blend", dtype=object))
+class BlendedFrames:
+    """Self-blended fakes of the real frames of ``frames``, made on access (constant memory) with
+    a generator seeded by (seed, frame index): the same fakes on every read, e.g. every epoch's
+    validation."""
+
+    def __init__(self, frames: Frames, blend: Blend, seed: int):
+        self.frames, self.blend, self.seed = frames, blend, seed
+        self.source = np.flatnonzero(frames.labels == 0)
+        self.labels = np.ones(len(self.source), np.int64)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def images(self, idx: np.ndarray) -> np.ndarray:
+        src = self.source[np.asarray(idx, np.int64)]
+        imgs, lms = self.frames.images(src), self.frames.landmarks(src)
+        return np.stack([self.blend(img, lm, np.random.default_rng([self.seed, 7, int(i)]))[0]
+                         for i, img, lm in zip(src, imgs, lms, strict=True)])
+
+    def landmarks(self, idx: np.ndarray) -> np.ndarray:
+        return self.frames.landmarks(self.source[np.asarray(idx, np.int64)])
 
 
 def load_benchmark(cfg) -> Benchmark:
