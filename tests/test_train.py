@@ -262,6 +262,8 @@ def test_cli_bad_inputs(tmp_path, capsys):
     code, err = _main_exit(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "b")],
                            capsys)
     assert code == 2 and "missing" in err and "does not exist" in err
+    code, err = _main_exit(["--backend", "cuda", "--out", str(tmp_path / "d")], capsys)
+    assert code == 2 and "backend 'cuda' is unavailable" in err and "Available" in err
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "last.pt").write_bytes(b"")
     code, err = _main_exit(["--out", str(tmp_path / "c")], capsys)
