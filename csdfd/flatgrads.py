@@ -31,6 +31,7 @@ class Segment:
     offset: int
     numel: int
     shape: tuple[int, ...]
+    stride: tuple[int, ...]  # the parameter's own (dense) strides, e.g. channels_last
     projection: bool  # True for theta_p (CGR), False for theta (UVS)
 
 
@@ -42,6 +43,25 @@ def _named(params: Iterable) -> list[tuple[str, torch.nn.Parameter]]:
         if p.requires_grad:
             out.append((name, p))
     return out
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _dense(p: torch.Tensor) -> bool:
+    """True if p's strides are a permutation of a dense layout (channels_last and the like)."""
+    dims = sorted((st, n) for st, n in zip(p.stride(), p.shape, strict=True) if n > 1)
+    acc = 1
+    for st, n in dims:
+        if st != acc:
+            return False
+        acc *= n
+    return True
 
 
 class FlatGrads:
@@ -69,7 +89,9 @@ class FlatGrads:
         offset = 0
         for proj, group in ((False, named_theta), (True, named_p)):
             for name, p in group:
-                self.segments.append(Segment(name, offset, p.numel(), tuple(p.shape), proj))
+                dense = p.is_contiguous() or _dense(p)
+                stride = tuple(p.stride()) if dense else _contiguous_strides(p.shape)
+                self.segments.append(Segment(name, offset, p.numel(), tuple(p.shape), stride, proj))
                 offset += p.numel()
         self.split = sum(s.numel for s in self.segments if not s.projection)
         dtype, device = dtypes.pop(), devices.pop()
@@ -88,7 +110,10 @@ class FlatGrads:
         return self.buf.shape[1]
 
     def _views(self, row: torch.Tensor) -> list[torch.Tensor]:
-        return [row[s.offset : s.offset + s.numel].view(s.shape) for s in self.segments]
+        """Per-parameter views with the parameter's own memory layout (so a channels_last
+        weight gets a channels_last .grad, as autograd's layout contract expects)."""
+        return [row[s.offset : s.offset + s.numel].as_strided(s.shape, s.stride)
+                for s in self.segments]
 
     def point_grads(self, row: int) -> None:
         """Make every parameter's ``.grad`` a view into ``buf[row]`` (no copy)."""

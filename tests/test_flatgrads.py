@@ -99,3 +99,18 @@ def test_rows_are_64_byte_aligned_for_any_p():
     fg = FlatGrads(layer.parameters(), k=3)
     assert fg.buf.shape == (3, 4)
     assert all(fg.buf[r].data_ptr() % 64 == 0 for r in range(3))
+
+
+def test_channels_last_grads_keep_the_parameter_layout():
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    fg = FlatGrads(conv.named_parameters())
+    x = torch.randn(2, 3, 6, 6).to(memory_format=torch.channels_last)
+    want = torch.autograd.grad(conv(x).square().mean(), conv.weight)[0]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "gradient layout contract" warning
+        fg.backward([conv(x).square().mean(), conv(x).abs().mean()])
+    assert conv.weight.grad.stride() == conv.weight.stride()
+    torch.testing.assert_close(conv.weight.grad, want)
+    assert conv.weight.grad.data_ptr() == fg.buf[0].data_ptr()
