@@ -66,12 +66,17 @@ def test_triton_interpreter(benchmark, backend):
            bytes=(2 * K + 1) * p * 4)
 
 
-@pytest.mark.parametrize("p", sizes())
-def test_foreach(benchmark, p):
+def per_parameter(p: int):
+    """The buffer as per-stream lists of per-parameter tensors, and how many belong to theta."""
     buf, split = make(p)
     sizes_ = param_sizes(p)
     n_theta = next(i for i in range(len(sizes_)) if sum(sizes_[: i + 1]) >= split)
-    streams = split_rows(buf, sizes_)
+    return split_rows(buf, sizes_), n_theta
+
+
+@pytest.mark.parametrize("p", sizes())
+def test_foreach(benchmark, p):
+    streams, n_theta = per_parameter(p)
     measure(benchmark, lambda: foreach_step(streams, n_theta), inner_for(p) // 5 or 1,
            rounds_for(p), op="uvs_cgr", impl="foreach", K=K, P=p, dtype="float32",
            bytes=(2 * K + 1) * p * 4)
@@ -79,10 +84,7 @@ def test_foreach(benchmark, p):
 
 @pytest.mark.parametrize("p", sizes())
 def test_naive_host_solver(benchmark, p):
-    buf, split = make(p)
-    sizes_ = param_sizes(p)
-    n_theta = next(i for i in range(len(sizes_)) if sum(sizes_[: i + 1]) >= split)
-    lists = split_rows(buf, sizes_)
+    lists, n_theta = per_parameter(p)
     measure(benchmark, lambda: naive_step(lists, n_theta), 1, rounds_for(p), op="uvs_cgr",
            impl="naive (cat + host scipy)", K=K, P=p, dtype="float32", bytes=(2 * K + 1) * p * 4)
 
