@@ -8,10 +8,13 @@ stream, 224 x 224, CPU or GPU):
   the backward), then a copy into the rows.
 """
 
+import statistics
+import time
+
 import pytest
 import timm
 import torch
-from conftest import DEVICE, ROWS, device_name
+from conftest import DEVICE, ROWS, device_name, sync
 
 from csdfd import FlatGrads
 
@@ -69,3 +72,23 @@ def test_stream_gradients(benchmark, how):
     torch.testing.assert_close(fg.buf, ref, rtol=1e-3, atol=1e-5)  # same gradients every way
     ROWS.append(dict(op="stream_grads", impl=how.__name__, K=2, P=fg.numel,
                      seconds=benchmark.stats.stats.median, device=device_name()))
+
+
+def test_interleaved_comparison():
+    """The three ways in turn, several times, so drift (warm-up, thermal, other load) hits them
+    alike; rows report the median step time of each."""
+    net, fg, x, y = setup()
+    ways = [views, grad_copy, batched]
+    for how in ways:
+        how(net, fg, x, y)
+    times: dict = {how.__name__: [] for how in ways}
+    for _ in range(4):
+        for how in ways:
+            sync()
+            t0 = time.perf_counter()
+            how(net, fg, x, y)
+            sync()
+            times[how.__name__].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        ROWS.append(dict(op="stream_grads (interleaved)", impl=name, K=2, P=fg.numel,
+                         seconds=statistics.median(ts), device=device_name()))
