@@ -53,6 +53,16 @@ def _project_rows(X, valid):
 
 
 @triton.jit
+def _momentum(new, f_new, mu, f_mu, t):
+    """FISTA extrapolation with restart (reference ``_pgd``): returns (y, t, mu, f_mu).
+    ``new`` / ``mu`` are points on the simplex, as [KP] vectors or as K = 2 scalars t."""
+    worse = f_new > f_mu
+    t_next = (1.0 + tl.sqrt(1.0 + 4.0 * t * t)) / 2.0
+    y = tl.where(worse, mu, new + ((t - 1.0) / t_next) * (new - mu))
+    return y, tl.where(worse, 1.0, t_next), tl.where(worse, mu, new), tl.minimum(f_mu, f_new)
+
+
+@triton.jit
 def _pgd(G, valid, k, c, iters, beta0, beta_max, NB: tl.constexpr):
     """FISTA-accelerated projected gradient with backtracking (reference ``_pgd``)."""
     lanes = tl.arange(0, NB)
@@ -84,12 +94,7 @@ def _pgd(G, valid, k, c, iters, beta0, beta_max, NB: tl.constexpr):
         last = tl.exp2(2.0 - NB)
         beta = tl.minimum(tl.where(moved, tl.sum(tl.where(sel, betas, 0.0), axis=0), beta * last),
                           beta_max)
-        worse = f_new > f_mu
-        t_next = (1.0 + tl.sqrt(1.0 + 4.0 * t * t)) / 2.0
-        y = tl.where(worse, mu, new + ((t - 1.0) / t_next) * (new - mu))
-        t = tl.where(worse, 1.0, t_next)
-        mu = tl.where(worse, mu, new)
-        f_mu = tl.minimum(f_mu, f_new)
+        y, t, mu, f_mu = _momentum(new, f_new, mu, f_mu, t)
     return mu
 
 
@@ -145,12 +150,7 @@ def _pgd2(G, rows, cols, c, iters, beta0, beta_max, NB: tl.constexpr):
             beta_new = tl.where(ok, b_i, beta_new)
             found = found | ok
         beta = tl.minimum(beta_new, beta_max)
-        worse = f_new > f_mu
-        mom_next = (1.0 + tl.sqrt(1.0 + 4.0 * mom * mom)) / 2.0
-        t_y = tl.where(worse, t_mu, t_new + ((mom - 1.0) / mom_next) * (t_new - t_mu))
-        mom = tl.where(worse, 1.0, mom_next)
-        t_mu = tl.where(worse, t_mu, t_new)
-        f_mu = tl.minimum(f_mu, f_new)
+        t_y, mom, t_mu, f_mu = _momentum(t_new, f_new, t_mu, f_mu, mom)
     return tl.where(rows == 0, t_mu, tl.where(rows == 1, 1.0 - t_mu, 0.0))
 
 

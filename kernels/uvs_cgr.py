@@ -16,6 +16,8 @@ Bytes per parameter for K streams of b-byte gradients: K b (pass 1) + K b + b (p
 synchronisation: coefficients travel through a small device tensor.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -143,6 +145,7 @@ def _scratch(device: torch.device, kp: int, nprog: int):
     return part, ticket, coef
 
 
+@functools.lru_cache(maxsize=64)
 def _launch_config(k: int, p: int, device: torch.device) -> dict:
     """Block sizes and grid, per K and P (compiled once per K and dtype, not per step)."""
     kp = max(2, triton.next_power_of_2(k))
@@ -179,6 +182,6 @@ def uvs_cgr(buf: torch.Tensor, split: int, out: torch.Tensor, diag: torch.Tensor
     """Launch pass 1 and pass 2: writes ``out`` ([P], may be ``buf[0]``) and ``diag``."""
     k, p = buf.shape
     coef = gram_pass(buf, split, diag, c, tau, solver, iters, beta0, beta_max, backtracks, rel)
-    cfg = _launch_config(k, p, buf.device)
+    cfg = _launch_config(k, p, buf.device)  # cached: computed once per (K, P, device)
     _pass2[(cfg["grid2"],)](buf, buf.stride(0), out, split, p, coef, k,
                             KP=cfg["kp"], BLOCK=cfg["block2"], num_warps=4)

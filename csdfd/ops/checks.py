@@ -42,15 +42,18 @@ def check_solver(gram: torch.Tensor, c: float, solver: str) -> int:
         raise ValueError(
             f"gram must be a square [K, K] matrix with K >= 2, got {tuple(gram.shape)}"
         )
+    check_mu_args(gram.shape[0], c, solver)
+    return gram.shape[0]
+
+
+def check_mu_args(k: int, c: float, solver: str) -> None:
+    """Validate the trust-region size c (eq. 11) and the solver name for K streams."""
     if not c >= 0:
         raise ValueError(f"c must be non-negative, but got {c}")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if solver == "exact" and gram.shape[0] != 2:
-        raise ValueError(
-            f"solver='exact' solves K=2 only, got K={gram.shape[0]}; use solver='pgd' for K > 2"
-        )
-    return gram.shape[0]
+    if solver == "exact" and k != 2:
+        raise ValueError(f"solver='exact' solves K=2 only, got K={k}; use solver='pgd' for K > 2")
 
 
 def check_split(split: int, p: int) -> None:

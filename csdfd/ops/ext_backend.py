@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_grads, check_pair, check_solver, check_split
+from .checks import check_grads, check_mu_args, check_pair, check_solver, check_split
 from .reference import EXACT_ITERS, PGD_ITERS
 from .stats import StepStats, UVSResult, acc_dtype, diag_size
 
@@ -59,7 +59,7 @@ def _check_k(k: int, name: str) -> None:
 
 def _check_step(k: int, c: float, solver: str) -> None:
     """The reference's solver checks, on a shape-only (meta) Gram: no device allocation."""
-    check_solver(torch.empty(k, k, device="meta"), c, solver)
+    check_mu_args(k, c, solver)
 
 
 def _dense(out: torch.Tensor) -> torch.Tensor:

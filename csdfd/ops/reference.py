@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_grads, check_pair, check_solver, check_split
+from .checks import check_grads, check_mu_args, check_pair, check_solver, check_split
 from .stats import (
     NONFINITE,
     ZERO_G0,
@@ -222,7 +222,7 @@ def uvs(
     ``grads[0]``). A non-finite input gives v = 0 and status NONFINITE.
     """
     check_grads(grads, allow_empty=True)
-    check_solver(grads.new_zeros(grads.shape[0], grads.shape[0]), c, solver)
+    check_mu_args(grads.shape[0], c, solver)
     g = gram(grads)
     mu = solve_mu(g, c, solver, iters)
     alpha, status = combine_weights(g, mu, c)

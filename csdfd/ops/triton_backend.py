@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import reference as ref
-from .checks import check_grads, check_pair, check_solver, check_split
+from .checks import check_grads, check_mu_args, check_pair, check_solver, check_split
 from .stats import ZERO_REL, StepStats, UVSResult, diag_size
 
 MIN_TRITON = (3, 3)
@@ -54,7 +54,7 @@ def _solver_args(c: float, tau: float, solver: str, iters: int | None) -> dict:
 
 def _step(buf, split, c, tau, solver, iters, out, diag, gram_only=False) -> StepStats:
     k, p = check_grads(buf, allow_empty=True)
-    check_solver(buf.new_zeros(k, k), c, solver)
+    check_mu_args(k, c, solver)  # validated without touching the device
     check_split(split, p)
     _check_buffer(buf)
     _, kstep = _kernels()
