@@ -39,9 +39,10 @@ def _seed():
 
 
 def psi64(gram: torch.Tensor, mu: torch.Tensor, c: float) -> float:
-    """Dual objective of eq. 15 in float64 on the host."""
-    g, m = gram.detach().double().cpu(), mu.detach().double().cpu()
-    return float(m @ g.sum(0) + c * g.sum().clamp_min(0).sqrt() * (m @ g @ m).clamp_min(0).sqrt())
+    """Dual objective of eq. 15 in float64 on the host, for torch tensors."""
+    from test_solve_mu import psi
+
+    return psi(gram.detach().double().cpu().numpy(), mu.detach().double().cpu().numpy(), c)
 
 
 def assert_uvs_matches(theta, got_v, got_mu, got_alpha, got_gram, c=0.5):
