@@ -12,8 +12,8 @@ from csdfd.ops import reference
 
 def psi(gram: np.ndarray, mu: np.ndarray, c: float) -> float:
     """Dual objective of eq. 15 computed independently in numpy float64."""
-    g0_sq = gram.sum()
-    return float(mu @ gram.sum(0) + c * np.sqrt(max(g0_sq, 0.0)) * np.sqrt(max(mu @ gram @ mu, 0.0)))
+    g0_norm = np.sqrt(max(gram.sum(), 0.0))
+    return float(mu @ gram.sum(0) + c * g0_norm * np.sqrt(max(mu @ gram @ mu, 0.0)))
 
 
 def brute_force_mu(gram: np.ndarray, c: float) -> float:
