@@ -112,7 +112,10 @@ def _pgd2(G, rows, cols, c, iters, beta0, beta_max, NB: tl.constexpr):
     cross-thread reductions that make the tile version latency-bound.
 
     On the 2-simplex mu = (t, 1 - t), the projection of (x0, x1) is t = clamp((x0 - x1 + 1) / 2,
-    0, 1), d = (delta, -delta), grad . d = delta (grad0 - grad1) and ||d||^2 = 2 delta^2.
+    0, 1), so a step of size beta from t moves to clamp(t - beta (grad0 - grad1) / 2, 0, 1), with
+    grad . d = delta (grad0 - grad1) and ||d||^2 = 2 delta^2. The tile version scores all NB
+    candidate steps at once and keeps the largest accepted one; here they are tried largest first
+    and the loop stops at the first accepted one (usually the first or second): the same choice.
     """
     a = tl.sum(tl.sum(tl.where((rows[:, None] == 0) & (cols[None, :] == 0), G, 0.0), 1), 0)
     m = tl.sum(tl.sum(tl.where((rows[:, None] == 0) & (cols[None, :] == 1), G, 0.0), 1), 0)
@@ -132,23 +135,25 @@ def _pgd2(G, rows, cols, c, iters, beta0, beta_max, NB: tl.constexpr):
         nw = tl.sqrt(tl.maximum(t_y * gy0 + (1 - t_y) * gy1, 0.0))
         gd = (b0 - b1) + c * s0 * (gy0 - gy1) / tl.maximum(nw, TINY)  # grad0 - grad1
         f_y = _psi2(a, m, d, b0, b1, s0, c, t_y)
-        found = t_y < -1.0  # False, as a tensor
+        tol = slack * (1.0 + tl.abs(f_y))
         t_new = t_y
         f_new = f_y
-        beta_new = beta * tl.exp2(2.0 - NB)
-        for i in tl.static_range(NB):  # candidate steps, largest first
-            b_i = beta * tl.exp2(1.0 - i)
-            x0 = t_y - b_i * (b0 + c * s0 * gy0 / tl.maximum(nw, TINY))
-            x1 = (1 - t_y) - b_i * (b1 + c * s0 * gy1 / tl.maximum(nw, TINY))
-            t_c = tl.minimum(tl.maximum((x0 - x1 + 1.0) / 2.0, 0.0), 1.0)
+        beta_new = beta * tl.exp2(2.0 - NB)  # no candidate accepted: shrink past the ladder
+        b_i = beta * 2.0
+        i = 0
+        while i < NB:  # candidate steps 2 beta, beta, beta / 2, ...: first accepted wins
+            t_c = tl.minimum(tl.maximum(t_y - 0.5 * b_i * gd, 0.0), 1.0)
             delta = t_c - t_y
             f_c = _psi2(a, m, d, b0, b1, s0, c, t_c)
             bound = f_y + delta * gd + (2 * delta * delta) / (2 * b_i)
-            ok = (f_c <= bound + slack * (1.0 + tl.abs(f_y))) & (found == 0)
-            t_new = tl.where(ok, t_c, t_new)
-            f_new = tl.where(ok, f_c, f_new)
-            beta_new = tl.where(ok, b_i, beta_new)
-            found = found | ok
+            if f_c <= bound + tol:
+                t_new = t_c
+                f_new = f_c
+                beta_new = b_i
+                i = NB
+            else:
+                b_i = b_i * 0.5
+                i += 1
         beta = tl.minimum(beta_new, beta_max)
         t_y, mom, t_mu, f_mu = _momentum(t_new, f_new, t_mu, f_mu, mom)
     return tl.where(rows == 0, t_mu, tl.where(rows == 1, 1.0 - t_mu, 0.0))

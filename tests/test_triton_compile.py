@@ -24,5 +24,13 @@ def test_all_kernel_variants_compile_for_sm90():
         pytest.skip(f"no ptxas for sm_90 here: {proc.stderr[-300:]}")
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, "\n".join(lines + [proc.stderr[-2000:]])
-    # 3 dtypes x (K=2: pass 1 pgd + exact, pass 2; K=3: 2; K=5: 2) + 2 solver kernels
-    assert sum(line.startswith("ok ") for line in lines) == 23, lines
+    ok = {line.split()[1]: line for line in lines if line.startswith("ok ")}
+    # 3 dtypes x (K=2: aligned pass 1 pgd + exact, pass 2, unaligned pass 1 + pass 2;
+    # K=3, K=5: pass 1 + pass 2) + 2 solver kernels
+    assert len(ok) == 3 * (5 + 2 + 2) + 2, lines
+    # K = 2 on FlatGrads-aligned rows: the full blocks stream with 128-bit loads (and pass 2
+    # stores); a column mask or an unknown row alignment would make them scalar.
+    for dt in ("fp32", "bf16", "fp16"):
+        for name in (f"pass1-{dt}-K2-aligned-exact0", f"pass2-{dt}-K2-aligned"):
+            assert " vld=0 " not in ok[name], ok[name]
+        assert not ok[f"pass2-{dt}-K2-aligned"].endswith(" vst=0"), ok[f"pass2-{dt}-K2-aligned"]

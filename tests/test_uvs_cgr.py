@@ -62,7 +62,17 @@ def test_all_zero_buffer_is_finite():
     assert int(stats.status.item()) & ZERO_G0
 
 
-def check_step(backend, device, dtype, k, p, split, solver="pgd", tau=0.5):
+def padded_like(buf: torch.Tensor, device, row_bytes: int = 64) -> torch.Tensor:
+    """A copy of ``buf`` on ``device`` whose rows start on ``row_bytes`` boundaries, as in
+    FlatGrads (the layout that gets the kernels' vectorised variant)."""
+    k, p = buf.shape
+    per = row_bytes // buf.element_size()
+    full = torch.zeros(k, -(-p // per) * per + per, dtype=buf.dtype, device=device)
+    full[:, :p] = buf.to(device)
+    return full[:, :p]
+
+
+def check_step(backend, device, dtype, k, p, split, solver="pgd", tau=0.5, padded=False):
     if backend == "triton" and dtype == torch.float64:
         pytest.skip("triton kernels take fp32/bf16/fp16 gradients")
     if solver == "exact" and k != 2:
@@ -70,7 +80,7 @@ def check_step(backend, device, dtype, k, p, split, solver="pgd", tau=0.5):
     buf = make_buf(k, p, dtype)
     want_buf = buf.clone()
     want = reference.uvs_cgr(want_buf, split, tau=tau, solver=solver)
-    got_buf = buf.to(device, copy=True)
+    got_buf = padded_like(buf, device) if padded else buf.to(device, copy=True)
     got = ops.uvs_cgr(got_buf, split, tau=tau, solver=solver, backend=backend)
     torch.testing.assert_close(got_buf[1:].cpu(), buf[1:])  # other rows untouched
     assert got.status.item() == want.status.item()
@@ -94,6 +104,42 @@ def test_backends_match_reference(backend, device, dtype, k, p, split):
     if interpreted(backend, device) and p > 5000 and dtype != torch.float32:
         pytest.skip("interpreter: large sizes run in float32 only (speed)")
     check_step(backend, device, dtype, k, p, split)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p,split", [(8192, 4096), (8192, 8192), (8192, 0), (12289, 4095),
+                                     (12289, 12288), (6143, 2049)])
+def test_block_edges_on_padded_rows(backend, device, dtype, p, split):
+    """Rows padded to 64 bytes (FlatGrads' layout: Triton's aligned, vectorised variant) with P
+    and split on and off the kernels' block edges (2048 and 4096 columns), no tail block,
+    a tail block in either segment, and empty segments."""
+    if interpreted(backend, device) and dtype != torch.float32:
+        pytest.skip("interpreter: block edges checked in float32 only (speed)")
+    got_buf, _ = check_step(backend, device, dtype, 2, p, split, padded=True)
+    assert got_buf.stride(0) % 16 == 0
+
+
+@pytest.mark.parametrize("p,split", [(1000, 0), (1000, 300), (1000, 320), (1000, 1000),
+                                     (1000, 999), (640, 320), (40, 20)])
+def test_triton_many_small_blocks(monkeypatch, p, split):
+    """Triton's launch geometry at a scale the interpreter can run: 64-column blocks over 7
+    programs and a 4-row partials reduction, so the grid-stride loops, the split and tail blocks
+    owned by different programs and the last-program reduction all take several turns."""
+    pytest.importorskip("triton")
+    from csdfd.kernels import uvs_cgr as kstep
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    small = dict(block1=64, block2=128, rblock=4, warps1=4, warps2=4, programs=7)
+    monkeypatch.setattr(kstep, "block_params", lambda kp, interpret=False: small)
+    kstep._launch_config.cache_clear()
+    try:
+        check_step("triton", device, torch.float32, 2, p, split, padded=True)
+        assert kstep._launch_config(2, p, torch.device(device))["nprog"] == min(
+            -(-p // 64), 7 * (1 if device == "cpu" else
+                              torch.cuda.get_device_properties(0).multi_processor_count))
+    finally:
+        kstep._launch_config.cache_clear()
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_CASES)

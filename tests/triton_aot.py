@@ -1,8 +1,15 @@
 """Compile every Triton kernel variant for sm_90 (no GPU needed). Run as a script in a process
 without TRITON_INTERPRET (the interpreter replaces @triton.jit functions); prints one line per
-variant: ``ok NAME`` or ``FAIL NAME: error``. Used by tests/test_triton_compile.py."""
+variant: ``ok NAME vld=N vst=M`` (N, M: 128-bit global loads / stores in the PTX) or
+``FAIL NAME: error``. Used by tests/test_triton_compile.py.
+
+Block sizes come from the launcher (``block_params``). Pointers are compiled as 16-byte aligned
+and, in the ``-aligned`` variants, the row stride as a multiple of 16 elements: what Triton's
+launch-time specialisation sees for a FlatGrads buffer (rows padded to 64 bytes).
+"""
 
 import os
+import re
 import sys
 
 assert os.environ.get("TRITON_INTERPRET") != "1", "run without TRITON_INTERPRET"
@@ -27,26 +34,39 @@ def variants():
     for dt in ("fp32", "bf16", "fp16"):
         for k in (2, 3, 5):
             kp = max(2, triton.next_power_of_2(k))
-            b1 = max(64, min(1024, 4096 // (kp * kp)))
-            b2 = max(128, min(2048, 8192 // (kp * kp)))
-            for exact in ((False, True) if k == 2 else (False,)):
-                yield (f"pass1-{dt}-K{k}-exact{int(exact)}", kstep._pass1, PASS1, dt,
-                       dict(KP=kp, BLOCK=b1, RBLOCK=64, EXACT=exact, NB=16))
-            yield f"pass2-{dt}-K{k}", kstep._pass2, PASS2, dt, dict(KP=kp, BLOCK=b2)
+            cfg = kstep.block_params(kp)
+            for aligned in (True, False) if k == 2 else (True,):
+                tag = f"{dt}-K{k}-{'aligned' if aligned else 'unaligned'}"
+                for exact in ((False, True) if k == 2 and aligned else (False,)):
+                    yield (f"pass1-{tag}-exact{int(exact)}", kstep._pass1, PASS1, dt, aligned,
+                           dict(KP=kp, BLOCK=cfg["block1"], RBLOCK=cfg["rblock"], EXACT=exact,
+                                NB=16), cfg["warps1"])
+                yield (f"pass2-{tag}", kstep._pass2, PASS2, dt, aligned,
+                       dict(KP=kp, BLOCK=cfg["block2"]), cfg["warps2"])
     for exact in (False, True):
-        yield f"solve-exact{int(exact)}", ksolve._solve_mu_kernel, SOLVE, "fp32", dict(
-            KP=2, EXACT=exact, NB=16)
+        yield (f"solve-exact{int(exact)}", ksolve._solve_mu_kernel, SOLVE, "fp32", True,
+               dict(KP=2, EXACT=exact, NB=16), 4)
+
+
+def compile_variant(fn, sig, dt, aligned, constexprs, warps):
+    """PTX of one variant, specialised as a launch would specialise it."""
+    signature = {n: t.format(dt=dt) for n, t in sig.items()}
+    signature.update({n: "constexpr" for n in constexprs})
+    names = list(sig)
+    hinted = [n for n, t in sig.items() if t.startswith("*")] + (["stride"] if aligned else [])
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in hinted if n in names}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=TARGET, options=dict(num_warps=warps)).asm["ptx"]
 
 
 def main() -> int:
     failed = 0
-    for name, fn, sig, dt, constexprs in variants():
-        signature = {n: t.format(dt=dt) for n, t in sig.items()}
-        signature.update({n: "constexpr" for n in constexprs})
+    for name, fn, sig, dt, aligned, constexprs, warps in variants():
         try:
-            triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                           target=TARGET)
-            print("ok", name, flush=True)
+            ptx = compile_variant(fn, sig, dt, aligned, constexprs, warps)
+            vld = len(re.findall(r"ld\.global\.v4\.b32", ptx))  # not the .cg partials
+            vst = len(re.findall(r"st\.global\.v4\.b32", ptx))
+            print(f"ok {name} vld={vld} vst={vst}", flush=True)
         except Exception as exc:  # noqa: BLE001 - report every variant
             failed += 1
             print(f"FAIL {name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
