@@ -220,14 +220,16 @@ def block_params(kp: int, interpret: bool = False) -> dict:
     GPU, in all under the interpreter). Shared with the AOT compile test.
 
     Pass 1 keeps one [KP, KP, BLOCK1] float32 accumulator: 8192 elements (32 registers a thread
-    at 8 warps) whatever K, so a K = 2 program streams 2048 columns (16 KB of fp32) a block.
-    Pass 2 holds a [KP, BLOCK2] tile: 4096 elements, 4 consecutive columns a thread at 4 warps.
+    at 8 warps) whatever K, so a K = 2 program streams 2048 columns (16 KB of fp32) a block
+    (59 registers for K = 2 fp32, sm_90 ptxas: 4 programs fit on an SM).
+    Pass 2 holds a [KP, BLOCK2] tile: 4096 elements, 16 a thread at 8 warps (64 registers for
+    K = 2 fp32, sm_90 ptxas; 123 at 4 warps).
     RBLOCK covers the usual 4 programs per SM in one load when K = 2.
     """
     if interpret:  # TRITON_INTERPRET: few, large programs run fastest
         return dict(block1=4096, block2=4096, rblock=64, warps1=4, warps2=4, programs=2)
     return dict(block1=max(64, 8192 // (kp * kp)), block2=max(512, 4096 // kp),
-                rblock=max(16, 8192 // (2 * kp * kp)), warps1=8, warps2=4, programs=4)
+                rblock=max(16, 8192 // (2 * kp * kp)), warps1=8, warps2=8, programs=4)
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,7 +1,7 @@
 """Compile every Triton kernel variant for sm_90 (no GPU needed). Run as a script in a process
 without TRITON_INTERPRET (the interpreter replaces @triton.jit functions); prints one line per
-variant: ``ok NAME vld=N vst=M`` (N, M: 128-bit global loads / stores in the PTX) or
-``FAIL NAME: error``. Used by tests/test_triton_compile.py.
+variant: ``ok NAME vld=N vst=M regs=R`` (N, M: 128-bit global loads / stores in the PTX; R:
+registers a thread from ptxas for the K = 2 aligned variants, else -1) or ``FAIL NAME: error``. Used by tests/test_triton_compile.py.
 
 Block sizes come from the launcher (``block_params``). Pointers are compiled as 16-byte aligned
 and, in the ``-aligned`` variants, the row stride as a multiple of 16 elements: what Triton's
@@ -10,7 +10,9 @@ launch-time specialisation sees for a FlatGrads buffer (rows padded to 64 bytes)
 
 import os
 import re
+import subprocess
 import sys
+import tempfile
 
 assert os.environ.get("TRITON_INTERPRET") != "1", "run without TRITON_INTERPRET"
 
@@ -59,6 +61,25 @@ def compile_variant(fn, sig, dt, aligned, constexprs, warps):
     return triton.compile(src, target=TARGET, options=dict(num_warps=warps)).asm["ptx"]
 
 
+def registers(ptx: str) -> int:
+    """Registers a thread per ``ptxas -v`` (the ptxas Triton ships), or -1 if it is missing."""
+    ptxas = os.environ.get("TRITON_PTXAS_PATH") or os.path.join(
+        os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        return -1
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        try:
+            out = subprocess.run([ptxas, "-arch=sm_90a", "-v", src, "-o", src + ".cubin"],
+                                 capture_output=True, text=True, timeout=300).stderr
+        except (OSError, subprocess.SubprocessError):
+            return -1
+    found = re.search(r"Used (\d+) registers", out)
+    return int(found.group(1)) if found else -1
+
+
 def main() -> int:
     failed = 0
     for name, fn, sig, dt, aligned, constexprs, warps in variants():
@@ -66,7 +87,8 @@ def main() -> int:
             ptx = compile_variant(fn, sig, dt, aligned, constexprs, warps)
             vld = len(re.findall(r"ld\.global\.v4\.b32", ptx))  # not the .cg partials
             vst = len(re.findall(r"st\.global\.v4\.b32", ptx))
-            print(f"ok {name} vld={vld} vst={vst}", flush=True)
+            regs = registers(ptx) if "-K2-aligned" in name else -1
+            print(f"ok {name} vld={vld} vst={vst} regs={regs}", flush=True)
         except Exception as exc:  # noqa: BLE001 - report every variant
             failed += 1
             print(f"FAIL {name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
