@@ -79,6 +79,45 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+TARGET_P = 20_000_000
+
+
+def _targets(rows: list[dict]) -> list[str]:
+    """Issue 4's targets, judged from this run's rows (GPU only; fp32, K = 2, P >= 20M):
+    >= 85% of the copy's GB/s at every such P, >= 10x the reference and >= 50x the naive recipe
+    at P = 20M, and UVS + CGR <= 1% of the efficientnet_b4 step."""
+    if DEVICE != "cuda":
+        return []
+    pick = {(r["impl"], r["P"]): r for r in rows
+            if r["op"] == "uvs_cgr" and r.get("dtype") == "float32"}
+    out = []
+    for (impl, p), r in sorted(pick.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if impl not in ("triton", "cuda") or p < TARGET_P:
+            continue
+        checks = []
+        for name, base, goal, ratio in (
+                ("copy", "copy", 0.85, lambda b: r["GB/s"] / b["GB/s"]),
+                ("reference", "reference", 10, lambda b: b["seconds"] / r["seconds"]),
+                ("naive", "naive (cat + host scipy)", 50, lambda b: b["seconds"] / r["seconds"])):
+            b = pick.get((base, p))
+            if name != "copy" and p != TARGET_P:
+                continue  # the speedup targets are stated at P = 20M
+            if b is None:
+                checks.append(f"vs {name}: not measured")
+                continue
+            v = ratio(b)
+            shown = f"{v:.0%}" if name == "copy" else f"{v:.1f}x"
+            want = f"{goal:.0%}" if name == "copy" else f"{goal}x"
+            verdict = "met" if v >= goal else "NOT met"
+            checks.append(f"vs {name} {shown} (target >= {want}: {verdict})")
+        out.append(f"target {impl} P={p:,} fp32: " + "; ".join(checks))
+    for r in rows:
+        if r["op"] == "csdfd_step":
+            ok = "met" if r["share"] <= 0.01 else "NOT met"
+            out.append(f"target {r['impl']} step share {r['share']:.2%} (target <= 1%: {ok})")
+    return out
+
+
 def pytest_terminal_summary(terminalreporter):
     if not ROWS:
         return
@@ -88,6 +127,9 @@ def pytest_terminal_summary(terminalreporter):
     if DEVICE == "cpu" and any(r["impl"] == "triton" for r in ROWS):
         terminalreporter.write_line("triton rows ran in the CPU interpreter: not performance")
     terminalreporter.write_line(table)
+    verdicts = _targets(ROWS)
+    for line in verdicts:
+        terminalreporter.write_line(line)
     tag = os.environ.get("CSDFD_BENCH_TAG") or re.sub(
         r"[^A-Za-z0-9_.-]+", "-", f"{device_name()}-{datetime.date.today().isoformat()}")
     RESULTS.mkdir(exist_ok=True)
@@ -99,5 +141,6 @@ def pytest_terminal_summary(terminalreporter):
     except ImportError:
         pass
     (RESULTS / f"{tag}.json").write_text(json.dumps(dict(meta=meta, rows=ROWS), indent=1))
-    (RESULTS / f"{tag}.md").write_text(f"# {meta}\n\n{table}\n")
+    notes = "".join(f"\n- {line}" for line in verdicts)
+    (RESULTS / f"{tag}.md").write_text(f"# {meta}\n\n{table}\n{notes}\n")
     terminalreporter.write_line(f"saved bench/results/{tag}.json and .md")
