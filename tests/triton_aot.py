@@ -1,7 +1,8 @@
 """Compile every Triton kernel variant for sm_90 (no GPU needed). Run as a script in a process
 without TRITON_INTERPRET (the interpreter replaces @triton.jit functions); prints one line per
 variant: ``ok NAME vld=N vst=M regs=R`` (N, M: 128-bit global loads / stores in the PTX; R:
-registers a thread from ptxas for the K = 2 aligned variants, else -1) or ``FAIL NAME: error``. Used by tests/test_triton_compile.py.
+registers a thread from ptxas for the K = 2 aligned variants, else -1) or ``FAIL NAME: error``.
+Used by tests/test_triton_compile.py.
 
 Block sizes come from the launcher (``block_params``). Pointers are compiled as 16-byte aligned
 and, in the ``-aligned`` variants, the row stride as a multiple of 16 elements: what Triton's
