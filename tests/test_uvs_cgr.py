@@ -122,7 +122,8 @@ def test_block_edges_on_padded_rows(backend, device, dtype, p, split):
 
 @pytest.mark.parametrize("p,split", [(1000, 0), (1000, 300), (1000, 320), (1000, 1000),
                                      (1000, 999), (640, 320), (40, 20)])
-def test_triton_many_small_blocks(monkeypatch, p, split):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_triton_many_small_blocks(monkeypatch, p, split, dtype):
     """Triton's launch geometry at a scale the interpreter can run: 64-column blocks over 7
     programs and a 4-row partials reduction, so the grid-stride loops, the split and tail blocks
     owned by different programs and the last-program reduction all take several turns."""
@@ -134,7 +135,7 @@ def test_triton_many_small_blocks(monkeypatch, p, split):
     monkeypatch.setattr(kstep, "block_params", lambda kp, interpret=False: small)
     kstep._launch_config.cache_clear()
     try:
-        check_step("triton", device, torch.float32, 2, p, split, padded=True)
+        check_step("triton", device, dtype, 2, p, split, padded=True)
         assert kstep._launch_config(2, p, torch.device(device))["nprog"] == min(
             -(-p // 64), 7 * (1 if device == "cpu" else
                               torch.cuda.get_device_properties(0).multi_processor_count))
