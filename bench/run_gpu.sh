@@ -4,7 +4,11 @@
 # benchmarks. Results land in bench/results/<GPU>-<date>.{json,md,log}.
 #   bash bench/run_gpu.sh                 # everything
 #   TESTS="tests/test_uvs_cgr.py" BENCH="bench/bench_uvs_cgr.py" bash bench/run_gpu.sh
-# Env: TESTS / BENCH (paths), TEST_TIMEOUT / BENCH_TIMEOUT / BUILD_TIMEOUT (seconds),
+#   # issue 4's targets in a few minutes (Triton only, no extension build):
+#   CSDFD_SKIP_EXT=1 TESTS="tests/test_uvs_cgr.py tests/test_flatgrads.py" \
+#     BENCH="bench/bench_uvs_cgr.py bench/bench_step.py" BENCH_K="not foreach" bash bench/run_gpu.sh
+# Env: TESTS / BENCH (paths), BENCH_K (a pytest -k expression for the benchmarks),
+#      TEST_TIMEOUT / BENCH_TIMEOUT / BUILD_TIMEOUT (seconds),
 #      CSDFD_SKIP_EXT=1 (no extension), TORCH_CUDA_ARCH_LIST (default 9.0).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +31,7 @@ log="bench/results/${tag}.log"
   timeout "${TEST_TIMEOUT:-600}" python3 -m pytest -q --maxfail=20 ${TESTS:-tests/} \
     -p no:cacheprovider 2>&1 | tail -30
   CSDFD_BENCH_TAG="$tag" timeout "${BENCH_TIMEOUT:-900}" python3 -m pytest -q ${BENCH:-bench/} \
-    -p no:cacheprovider -s 2>&1 | grep -E '^\||^csdfd|^saved|passed|failed|skipped|Error|step '
+    ${BENCH_K:+-k "$BENCH_K"} -p no:cacheprovider -s 2>&1 \
+    | grep -E '^\||^csdfd|^saved|^target|passed|failed|skipped|Error|step '
 } 2>&1 | tee "$log"
 echo "results: bench/results/${tag}.{json,md,log}"
