@@ -119,8 +119,8 @@ def _pass1(buf_ptr, stride, split, P, part_ptr, ticket_ptr, diag_ptr, coef_ptr,
     n_t = split // BLOCK
     ragged_split = split % BLOCK != 0
     g_t = _gram_blocks(buf_ptr, stride, rows, k, pid, n_t, nprog, P, BLOCK)
-    g_p = _gram_blocks(buf_ptr, stride, rows, k, (split + BLOCK - 1) // BLOCK + pid, nfull, nprog,
-                       P, BLOCK)
+    first_p = tl.where(ragged_split, n_t + 1, n_t)  # first block wholly inside theta_p
+    g_p = _gram_blocks(buf_ptr, stride, rows, k, first_p + pid, nfull, nprog, P, BLOCK)
     if ragged_split & (pid == n_t % nprog):
         g_t, g_p = _split_block(g_t, g_p, buf_ptr, stride, rows, k, n_t, split, P, BLOCK)
     tail = (P % BLOCK != 0) & ((n_t != nfull) | (split % BLOCK == 0))  # not the split block
