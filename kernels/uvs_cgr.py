@@ -31,19 +31,17 @@ from .solve_mu import TINY, solve_and_combine
 
 
 @triton.jit
-def _load_block(buf_ptr, row_off, rows, k, start, P, BLOCK: tl.constexpr, FULL: tl.constexpr):
-    """[KP, BLOCK] float32 tile of the K rows at columns [start, start + BLOCK), and the columns.
+def _load(ptrs, row_ok, cols, P, FULL: tl.constexpr):
+    """Rows of a block of columns as float32 (0 outside the K rows and past P).
 
     FULL blocks (start + BLOCK <= P) carry no column mask: with 16-element-aligned rows (the
     FlatGrads layout) the compiler then emits 128-bit loads; a column mask would force scalar ones.
     """
-    cols = start + tl.arange(0, BLOCK)
-    ptrs = buf_ptr + row_off + cols[None, :]
     if FULL:
-        x = tl.load(ptrs, mask=rows[:, None] < k, other=0.0)
+        x = tl.load(ptrs, mask=row_ok, other=0.0)
     else:
-        x = tl.load(ptrs, mask=(rows[:, None] < k) & (cols[None, :] < P), other=0.0)
-    return x.to(tl.float32), cols
+        x = tl.load(ptrs, mask=row_ok & (cols < P), other=0.0)
+    return x.to(tl.float32)
 
 
 @triton.jit
@@ -52,17 +50,10 @@ def _outer_block(buf_ptr, stride, rows, k, start, P, BLOCK: tl.constexpr, FULL: 
 
     The rows are loaded once as [KP, 1, BLOCK] and paired with their own transpose; both dims of
     size KP live in each thread's registers, so no shared-memory re-layout happens per block.
-    FULL blocks (start + BLOCK <= P) carry no column mask, so 16-element-aligned rows (the
-    FlatGrads layout) load as 128-bit vectors; a column mask would force scalar loads.
     """
     c3 = (start + tl.arange(0, BLOCK))[None, None, :]
     ri = rows[:, None, None]
-    ptrs = buf_ptr + ri.to(tl.int64) * stride + c3
-    if FULL:
-        x = tl.load(ptrs, mask=ri < k, other=0.0)
-    else:
-        x = tl.load(ptrs, mask=(ri < k) & (c3 < P), other=0.0)
-    x = x.to(tl.float32)
+    x = _load(buf_ptr + ri.to(tl.int64) * stride + c3, ri < k, c3, P, FULL)
     return x * tl.permute(x, (1, 0, 2)), c3
 
 
@@ -182,20 +173,30 @@ def _combine(x, rows, cols, start, split, coef_ptr, KP: tl.constexpr, BLOCK: tl.
     return tl.where(ok, v, 0.0)
 
 
+@triton.jit
+def _write_block(buf_ptr, stride, out_ptr, rows, k, start, split, P, coef_ptr,
+                 KP: tl.constexpr, BLOCK: tl.constexpr, FULL: tl.constexpr):
+    """Pass 2 on columns [start, start + BLOCK): read the K rows, write v (unmasked if FULL)."""
+    cols = start + tl.arange(0, BLOCK)
+    x = _load(buf_ptr + rows.to(tl.int64)[:, None] * stride + cols[None, :], rows[:, None] < k,
+              cols[None, :], P, FULL)
+    v = _combine(x, rows, cols, start, split, coef_ptr, KP, BLOCK).to(out_ptr.dtype.element_ty)
+    if FULL:
+        tl.store(out_ptr + cols, v)
+    else:
+        tl.store(out_ptr + cols, v, mask=cols < P)
+
+
 @triton.jit(do_not_specialize=["split", "P", "k"])
 def _pass2(buf_ptr, stride, out_ptr, split, P, coef_ptr, k,
            KP: tl.constexpr, BLOCK: tl.constexpr):
     rows = tl.arange(0, KP)
-    row_off = rows.to(tl.int64)[:, None] * stride
     start = tl.program_id(0).to(tl.int64) * BLOCK
-    if start + BLOCK <= P:  # full block: unmasked (vector) loads and store
-        x, cols = _load_block(buf_ptr, row_off, rows, k, start, P, BLOCK, True)
-        v = _combine(x, rows, cols, start, split, coef_ptr, KP, BLOCK)
-        tl.store(out_ptr + cols, v.to(out_ptr.dtype.element_ty))
+    if start + BLOCK <= P:  # full block: vector loads and store
+        _write_block(buf_ptr, stride, out_ptr, rows, k, start, split, P, coef_ptr, KP, BLOCK, True)
     else:
-        x, cols = _load_block(buf_ptr, row_off, rows, k, start, P, BLOCK, False)
-        v = _combine(x, rows, cols, start, split, coef_ptr, KP, BLOCK)
-        tl.store(out_ptr + cols, v.to(out_ptr.dtype.element_ty), mask=cols < P)
+        _write_block(buf_ptr, stride, out_ptr, rows, k, start, split, P, coef_ptr, KP, BLOCK,
+                     False)
 
 
 _SCRATCH: dict = {}
