@@ -130,7 +130,8 @@ def test_unreadable_causes_are_named(tmp_path, stub, monkeypatch):
     (tmp_path / "empty.mp4").write_bytes(b"")
     assert process(tmp_path / "gone.mp4")["error"] == "unreadable: file missing"
     assert process(bad)["error"].startswith("unreadable: not decodable: no frame could be")
-    assert process(tmp_path / "empty.mp4")["error"] == "unreadable: not decodable: the file is empty"
+    empty = process(tmp_path / "empty.mp4")["error"]
+    assert empty == "unreadable: not decodable: the file is empty"
     # permission: os.access is what decides (chmod 000 does not stop root, who runs some CIs)
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != bad
