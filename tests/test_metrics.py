@@ -67,7 +67,8 @@ def test_one_class_gives_nan():
     assert out["acc"] == 1.0 and out["n_real"] == 3 and out["n_fake"] == 0
 
 
-@pytest.mark.parametrize(("labels", "ap"), [([0, 0, 0], math.nan), ([1, 1, 1], 1.0), ([], math.nan)])
+@pytest.mark.parametrize(("labels", "ap"),
+                         [([0, 0, 0], math.nan), ([1, 1, 1], 1.0), ([], math.nan)])
 def test_one_class_is_defined_and_quiet(labels, ap):
     """scikit-learn raises (AUC) or warns (ROC, AP) on one class; ours is a defined value."""
     scores = [0.3, 0.1, 0.3][: len(labels)]
