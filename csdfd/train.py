@@ -19,17 +19,36 @@ import time
 import warnings
 from pathlib import Path
 
-from .config import SYNTHETIC_PRESET, Config, load_yaml, resolve
+from .config import SYNTHETIC_PRESET, Config, coerce, load_yaml, resolve, unknown_hint
 
 #: Fields that may change on --resume without breaking bit-exact continuation.
 RESUME_SAFE = {"log_every", "tensorboard", "workers", "eval_batch_size"}
 
 
-def _parse_optional(kind):
-    def parse(text: str):
-        return None if text.lower() in ("none", "null", "") else kind(text)
+def _flag_type(name: str):
+    """argparse ``type=`` for Config field ``name``: the same typing as YAML values."""
 
+    def parse(text: str):
+        try:
+            return coerce(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
     return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose "unrecognized arguments" error suggests the closest flag."""
+
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's own
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            flags = [s for a in self._actions for s in a.option_strings]
+            hints = [unknown_hint(e.split("=")[0], flags) for e in extras if e.startswith("--")]
+            self.error(f"unrecognized arguments: {' '.join(extras)}"
+                       + "".join(f"; {h}" for h in hints if "did you mean" in h))
+        return namespace
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -51,14 +70,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                help=f"{f.metadata['help']} (default: none)",
                                metavar=f.name.upper())
             continue
-        kind = {"int": int, "float": float, "str": str, "int | None": _parse_optional(int),
-                "str | None": _parse_optional(str)}[f.type]
-        group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text,
+        group.add_argument(flag, type=_flag_type(f.name), default=argparse.SUPPRESS, help=text,
                            metavar=f.name.upper())
 
 
 def build_parser(prog: str = "python -m csdfd.train") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a deepfake detector with CS-DFD (UVS + CGR) or a baseline strategy,\n"
                     "and test it on the in-domain and cross-domain sets.",
