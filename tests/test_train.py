@@ -269,7 +269,7 @@ def test_cli_bad_inputs(tmp_path, capsys):
     code, err = _main_exit(["--out", str(tmp_path / "c")], capsys)
     assert code == 2 and "already holds a run" in err and "--resume" in err
     code, err = _main_exit(["--out", str(tmp_path / "c"), "--resume"], capsys)
-    assert code == 2 and "cannot be read" in err
+    assert code == 2 and "is not a csdfd checkpoint: it is an empty file" in err
 
 
 def _flags(d: dict) -> list[str]:
