@@ -5,7 +5,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so t
 
     {"format": 1, "config": {...}, "model": state_dict, "optimizer": ..., "scheduler": ...,
      "epoch": int, "step": int, "global_step": int, "rng": {"torch": ByteTensor, "cuda": [...]},
-     "history": [...], "best": {...}, "nonfinite": {...}}
+     "history": [...], "best": {...}, "nonfinite": {...}, "train_time_s": float,
+     "window": {...}}   # the unread losses of the next metrics.jsonl row (runlog.Window)
 
 ``epoch``/``step`` point at the next training step to run, so a run can resume mid-epoch
 (Ctrl-C) or at an epoch boundary and continue bit for bit (the data pipeline is a pure function
