@@ -169,39 +169,23 @@ def test_two_plus_two_epochs_equal_four(bench, straight, tmp_path):
     assert [r["step"] for r in _rows(tmp_path, "train")] == [3, 6, 9, 12, 15]
 
 
-def test_first_row_after_a_mid_epoch_resume_averages_the_whole_window(bench, straight, tmp_path,
-                                                                      monkeypatch):
-    """Stopped after step 5 (row 6's window holds step 5): the checkpoint carries the window,
-    so the resumed run's row 6 is the mean of steps 5 and 6, as in the uninterrupted run."""
+def test_ctrl_c_mid_epoch_then_resume_is_exact(bench, straight, tmp_path, monkeypatch):
+    """Ctrl-C during step 5 (epoch 2): the run saves after that step and the resumed one ends
+    bit for bit like the uninterrupted run. Row 6's window then holds step 5: the checkpoint
+    carries it, so the resumed row 6 is the mean of steps 5 and 6, as in the straight run."""
     real_step = Trainer._step
 
     def interrupt_at_step_5(self, batch):
-        if self.global_step == 4:
+        if self.global_step == 4:  # the 5th step, the first of epoch 2
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, batch)
 
     monkeypatch.setattr(Trainer, "_step", interrupt_at_step_5)
-    assert Trainer(_cfg(**RESUME), tmp_path, bench, quiet=True).fit()["status"] == "interrupted"
-    state = load_checkpoint(tmp_path / "last.pt")
-    assert (state["global_step"], state["window"]["steps"]) == (5, 1)
-    monkeypatch.setattr(Trainer, "_step", real_step)
-    Trainer(_cfg(**RESUME), tmp_path, bench, resume=tmp_path / "last.pt", quiet=True).fit()
-    assert _train_rows(tmp_path) == _train_rows(straight[3])
-
-
-def test_ctrl_c_mid_epoch_then_resume_is_exact(bench, straight, tmp_path, monkeypatch):
-    real_step = Trainer._step
-
-    def interrupt_at_step_6(self, batch):
-        if self.global_step == 5:  # the 6th step, in the middle of epoch 2
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, batch)
-
-    monkeypatch.setattr(Trainer, "_step", interrupt_at_step_6)
     first = Trainer(_cfg(**RESUME), tmp_path, bench, quiet=True).fit()
     assert first["status"] == "interrupted"
     state = load_checkpoint(tmp_path / "last.pt")
-    assert (state["epoch"], state["step"], state["global_step"]) == (1, 2, 6)
+    assert (state["epoch"], state["step"], state["global_step"]) == (1, 1, 5)
+    assert state["window"]["steps"] == 1
     monkeypatch.setattr(Trainer, "_step", real_step)
     trainer = Trainer(_cfg(**RESUME), tmp_path, bench, resume=tmp_path / "last.pt", quiet=True)
     _assert_same_run(straight, (trainer.fit(), trainer.model.state_dict(),
