@@ -137,23 +137,15 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("nothing to evaluate: give --test NAME:FACES (and/or --data); the "
                          "checkpoint was trained on the embedded synthetic benchmark")
     sets = ([(IN_DOMAIN, data)] if data else []) + [(None, t) for t in tests]
-    crop = SBIConfig(size=cfg.img_size)
+    opened = _open_sets(sets, args, getattr(cfg, "quality", None), SBIConfig(size=cfg.img_size))
     results, targets = {}, []
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    for role, spec in sets:
-        name, videos = open_faces(spec, args.quality or getattr(cfg, "quality", None))
-        videos = [v for v in videos if v.split == args.split]
-        if not videos:
-            raise ValueError(f"{spec}: no videos in its {args.split} split")
-        label = role or name
-        if label in results:
-            raise ValueError(f"{spec}: set {label!r} is given twice")
-        frames = DiskFrames(videos, cfg=crop)
-        print(f"{label}: {len(videos)} videos, {len(frames)} frames", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)  # only once every set has opened
+    for label, spec, frames, is_target in opened:
+        print(f"{label}: {len(frames.keys)} videos, {len(frames)} frames", file=sys.stderr)
         results[label], vscores = evaluate_set(model, frames, args)
         results[label]["spec"] = spec
-        if role is None:
+        if is_target:
             targets.append(label)
         if args.save_scores:
             _write_scores(out / f"scores-{label}.csv", frames, vscores)
@@ -166,6 +158,24 @@ def run(args: argparse.Namespace) -> dict:
     print(table(results, targets))
     print(f"written: {out / 'eval.md'}, {out / 'eval.json'}", file=sys.stderr)
     return report
+
+
+def _open_sets(sets: list[tuple[str | None, str]], args: argparse.Namespace,
+               quality: str | None, crop: SBIConfig) -> list[tuple[str, str, DiskFrames, bool]]:
+    """(label, spec, frames, is a cross-domain target) of every set, all opened and checked
+    before anything is evaluated or written, so that a bad spec fails at once."""
+    opened, labels = [], set()
+    for role, spec in sets:
+        name, videos = open_faces(spec, args.quality or quality)
+        videos = [v for v in videos if v.split == args.split]
+        if not videos:
+            raise ValueError(f"{spec}: no videos in its {args.split} split")
+        label = role or name
+        if label in labels:
+            raise ValueError(f"{spec}: set {label!r} is given twice")
+        labels.add(label)
+        opened.append((label, spec, DiskFrames(videos, cfg=crop), role is None))
+    return opened
 
 
 def _finite(obj):

@@ -4,7 +4,8 @@ one table shaped like the paper's Table II (and Table III with ``--modes O uvs c
     python -m csdfd.study                          # O, S, OS, csdfd on the synthetic benchmark
     python -m csdfd.study --modes O OS uvs cgr csdfd --epochs 4 --out runs/ablation
 
-Every train flag applies to all runs (``--mode`` is replaced by ``--modes``). The benchmark is
+Every train flag applies to all runs (``--mode`` is replaced by ``--modes``; ``--resume``
+and ``--stop-after`` are single-run flags of ``csdfd.train``, refused here). The benchmark is
 built once and shared. Each run lands in OUT/<mode>/ (a full run directory); the comparison in
 OUT/study.md, OUT/study.json and OUT/study_curves.png (losses and gradient cosines of all runs).
 """
@@ -27,7 +28,7 @@ DEFAULT_MODES = ("O", "S", "OS", "csdfd")  # Table II: the strategies and the me
 
 
 def build_study_parser():
-    parser = build_parser("python -m csdfd.study")
+    parser = build_parser("python -m csdfd.study", single_run=False)
     parser.description = ("Train several strategies with the same seed and data and print one\n"
                           "comparison table (the paper's Table II / III).")
     parser.epilog = ("examples:\n"
@@ -82,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     if clashes:
         parser.exit(2, f"csdfd.study: error: {out} already holds runs {clashes}; "
                        "choose another --out\n")
-    results = run_study(overrides, args.modes, out, args.quiet)
+    try:
+        results = run_study(overrides, args.modes, out, args.quiet)
+    except (ValueError, OSError) as exc:  # setup of a run (data, batch size): one clear line
+        parser.exit(2, f"csdfd.study: error: {exc}\n")
     return 0 if all(r["status"] == "finished" for r in results.values()) else 130
 
 

@@ -38,7 +38,6 @@ step's launches with this step's tail. Losses and UVS/CGR diagnostics are read o
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 import time
@@ -58,6 +57,7 @@ from .metrics import mean_over
 from .models import build_model, normalisation
 from .ops import dispatch
 from .ops.stats import NONFINITE
+from .optim import build_optimizer, build_scheduler
 from .plots import plot_curves
 from .report import IN_DOMAIN, table, write_results
 from .runlog import RunLog, Window
@@ -91,7 +91,6 @@ class Trainer:
     def __init__(self, cfg: Config, out: str | Path, bench: Benchmark | None = None,
                  resume: str | Path | None = None, quiet: bool = False):
         self.cfg, self.out, self.quiet = cfg, Path(out), quiet
-        self.out.mkdir(parents=True, exist_ok=True)
         self.device = _device(cfg.device)
         self.strategy = st = STRATEGIES[cfg.mode]
         self.backend = dispatch.resolve(cfg.backend, self.device)
@@ -101,6 +100,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device)  # before the data: bad names fail fast
         self.bench = bench if bench is not None else load_benchmark(cfg)
+        self.steps_per_epoch = _steps_per_epoch(self.bench, cfg.batch_size)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.mean, self.std = normalisation(self.model)
@@ -108,17 +108,19 @@ class Trainer:
         # BatchNorm statistics move during the forward pass; a skipped step restores them.
         self.buffers = list(self.model.buffers())
         self.buffers_saved = [b.clone() for b in self.buffers]
-        self.opt = _optimizer(cfg, self.model)
-        self.steps_per_epoch = len(self.bench.train_real) // cfg.batch_size
-        total = cfg.epochs * max(self.steps_per_epoch, 1)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg, total))
+        self.opt = build_optimizer(cfg, self.model)
+        self.sched = build_scheduler(cfg, self.opt, cfg.epochs * self.steps_per_epoch)
         self.eval_sets = self._eval_sets()
         self.epoch = self.step = self.global_step = self.skipped = self.consecutive = 0
         self.history: list[dict] = []
         self.best: dict | None = None
         self.train_time = 0.0
+        self.window = Window(self.device)  # losses since the last train row (runlog.Window)
         if resume is not None:
             self._restore(load_checkpoint(resume, self.device))
+        # Every check above can fail; only now is OUT created, so a failed setup leaves no
+        # empty run folder behind (and nothing that was in OUT is touched before this line).
+        self.out.mkdir(parents=True, exist_ok=True)
         self.log = RunLog(self.out, self.global_step if resume else None, cfg.tensorboard, quiet)
         dump_yaml(cfg, self.out / "config.yaml")
 
@@ -175,7 +177,10 @@ class Trainer:
         ds = StepDataset(self.bench, self.blend, cfg.batch_size, cfg.img_size, cfg.seed,
                          self.epoch, self.strategy.streams, cfg.hflip)
         bar = self.log.bar(len(ds), self.step, f"epoch {self.epoch + 1}/{cfg.epochs}")
-        window = Window(self.device)
+        if self.step == 0:  # a train row covers steps of one epoch; mid-epoch: the restored one
+            self.window = Window(self.device)
+        window = self.window
+        window.start()
         t0 = time.perf_counter()
         for batch in step_loader(ds, self.step, cfg.workers):
             _copy(self.buffers_saved, self.buffers)
@@ -301,7 +306,7 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
                 "rng": rng, "history": self.history, "best": self.best,
                 "nonfinite": {"skipped": self.skipped, "consecutive": self.consecutive},
-                "train_time_s": self.train_time}
+                "train_time_s": self.train_time, "window": self.window.state_dict()}
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -316,6 +321,8 @@ class Trainer:
         self.skipped = state["nonfinite"]["skipped"]
         self.consecutive = state["nonfinite"]["consecutive"]
         self.train_time = state.get("train_time_s", 0.0)
+        if "window" in state:  # older checkpoints: the first row after resume is partial
+            self.window.load_state_dict(state["window"])
 
 
 class _GracefulStop:
@@ -347,27 +354,15 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
-    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _lr_lambda(cfg: Config, total: int):
-    """Linear warmup over ``cfg.warmup`` of the steps, then cosine to 0 (or constant)."""
-    warm = int(cfg.warmup * total)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if cfg.schedule == "constant":
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return factor
+def _steps_per_epoch(bench: Benchmark, batch_size: int) -> int:
+    """Full batches of real training frames per epoch (the last partial one is dropped);
+    0 would "train" without a single step, so it is refused before anything starts."""
+    n = len(bench.train_real)
+    if n < batch_size:
+        fix = f"use --batch-size {n} or less, or more training data" if n else "add some"
+        raise ValueError(f"batch_size {batch_size} is larger than the {n} real training frames "
+                         f"of {bench.name}: an epoch would have 0 steps; {fix}")
+    return n // batch_size
 
 
 def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,15 @@ def test_evaluate_errors(trained, faces, capsys):
     assert "no videos in its val split" in capsys.readouterr().err
     assert E.main([str(Path(trained) / "missing.pt"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_parses_every_set_before_creating_its_folder(trained, faces, tmp_path, capsys):
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(trained / "best.pt", ckpt)
+    missing = tmp_path / "nowhere"
+    for argv in ([str(ckpt), "--test", f"celebdf:{missing}"],  # default OUT: CKPT_DIR/eval
+                 [str(ckpt), "--data", f"ffpp:{faces[0]}", "--test", f"celebdf:{missing}",
+                  "--out", str(tmp_path / "out")]):  # a good set first, then a bad one
+        assert E.main([*argv, "--workers", "0", "--quiet"]) == 2
+        assert "nowhere" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
