@@ -45,6 +45,7 @@ class ColourSpec(NamedTuple):
 
 
 def sample_colour(rng: np.random.Generator, spec: ColourSpec) -> Colour:
+    """Each transform with its probability; shifts uniform in +-limit (contrast: gain 1 +- c)."""
     rgb = rng.uniform(-spec.rgb, spec.rgb, 3) if rng.random() < spec.p_rgb else None
     hsv = rng.uniform(-spec.hsv, spec.hsv, 3) if rng.random() < spec.p_hsv else None
     bc = None
@@ -94,6 +95,7 @@ class Frequency(NamedTuple):
 def sample_frequency(rng: np.random.Generator, ratios: tuple[int, ...],
                      alpha: tuple[float, float],
                      lightness: tuple[float, float]) -> Frequency:
+    """Downscaling (a ratio drawn from ``ratios``) or Sharpen (alpha, lightness uniform)."""
     if rng.random() < 0.5:  # OneOf of two transforms with p = 1: each half of the time
         return Frequency(int(ratios[rng.integers(len(ratios))]), 0.0, 1.0)
     return Frequency(None, rng.uniform(*alpha), rng.uniform(*lightness))
@@ -203,7 +205,8 @@ def elastic_field(shape: tuple[int, int], rng: np.random.Generator, alpha: float
     for i in range(2):
         smooth = cv2.GaussianBlur(noise[i], (k, k), s, borderType=cv2.BORDER_REFLECT)
         out[i] = cv2.resize(smooth, (wc * d, hc * d), interpolation=cv2.INTER_LINEAR)[:h, :w]
-    # keep SBI's variance: the discrete kernels' squared norms, not the continuum's d^2
+    # SBI's spread: the std of smoothed white noise scales with the 1-D kernel's squared norm
+    # (1 / d from fine to coarse in the continuum; the discrete kernels' ratio exactly)
     fine = cv2.getGaussianKernel(2 * int(4.0 * sigma + 0.5) + 1, sigma)
     coarse = cv2.getGaussianKernel(k, s)
     out *= alpha * float((fine ** 2).sum() / (coarse ** 2).sum())
@@ -231,6 +234,7 @@ class Blur(NamedTuple):
 
 def sample_blur(rng: np.random.Generator, sizes: tuple[int, int], kernels: tuple[int, int],
                 sigmas: tuple[int, int]) -> Blur:
+    """Sizes and sigma: integers in the closed ranges; kernels: odd sides in the range."""
     w, h = rng.integers(sizes[0], sizes[1] + 1, 2)
     odd = np.arange(kernels[0], kernels[1] + 1, 2)
     k1, k2 = rng.choice(odd, 2)
