@@ -8,8 +8,10 @@ to save, and DataLoader workers can build steps in parallel without changing the
 Batch composition (METHOD.md section 6 leaves it open): each step takes ``B`` reals (a
 per-epoch permutation, so an epoch is one pass over the real training frames), ``B`` original
 fakes (a per-epoch permutation of the fake pool, cycled), and one self-blend of each of the
-``B`` reals, paired as in SBI so that only the blending separates ``xs`` from ``xr``. Each
-image is then flipped horizontally with probability ``hflip``.
+``B`` reals, paired as in SBI so that only the blending separates ``xs`` from ``xr``: ``xr[i]``
+is the very image ``xs[i]`` was blended into (SBI's augmented target when the blend augments
+the target), and a pair shares its horizontal flip (probability ``hflip``; ``xf`` are flipped
+on their own).
 """
 
 from __future__ import annotations
@@ -54,13 +56,16 @@ class StepDataset(torch.utils.data.Dataset):
             out["xf"] = self.bench.train_fake.images(np.sort(fidx))
         if 2 in self.streams:
             lms = self.bench.train_real.landmarks(ridx)
-            out["xs"] = np.stack([self.blend(img, lm, rng)[0]
-                                  for img, lm in zip(real, lms, strict=True)])
-        for key in ("xr", "xf", "xs"):  # a fixed key order keeps the rng draws reproducible
+            pairs = [_blend_pair(self.blend, img, lm, rng)
+                     for img, lm in zip(real, lms, strict=True)]
+            out["xr"] = np.stack([p[0] for p in pairs])
+            out["xs"] = np.stack([p[1] for p in pairs])
+        flips = {"xr": rng.random(b) < self.hflip, "xf": rng.random(b) < self.hflip}
+        flips["xs"] = flips["xr"]  # a pair is one image: the same flip
+        for key in ("xr", "xf", "xs"):
             if key in out:
                 imgs = fit_size(out[key], self.size)
-                flip = rng.random(len(imgs)) < self.hflip
-                imgs = np.where(flip[:, None, None, None], imgs[:, :, ::-1], imgs)
+                imgs = np.where(flips[key][:, None, None, None], imgs[:, :, ::-1], imgs)
                 out[key] = torch.from_numpy(np.ascontiguousarray(imgs))
         return out
 
@@ -70,19 +75,31 @@ class StepDataset(torch.utils.data.Dataset):
         ``xs`` are SBI pairs (shared random crop, flip, colour and JPEG); ``xf`` get the same
         augmentation without blending, so no stream can tell real from fake by augmentation."""
         imgs, lms = self.bench.train_real.raw(ridx)
+        # pairs made at the training size, with the run's flip probability
+        cfg = self.blend.config(size=self.size, p_flip=self.hflip)
         if 2 in self.streams:
-            pairs = [self.blend.pair(im, lm, rng) for im, lm in zip(imgs, lms, strict=True)]
+            pairs = [self.blend.pair(im, lm, rng, cfg) for im, lm in zip(imgs, lms, strict=True)]
             out = {"xr": [p.real for p in pairs], "xs": [p.fake for p in pairs]}
         else:
-            out = {"xr": [self.blend.augment(im, lm, rng)[0]
+            out = {"xr": [self.blend.augment(im, lm, rng, cfg)[0]
                           for im, lm in zip(imgs, lms, strict=True)]}
         if 1 in self.streams:
             fidx = self.fake_order[(step * self.b + np.arange(self.b)) % len(self.fake_order)]
             fimgs, flms = self.bench.train_fake.raw(np.sort(fidx))
-            out["xf"] = [self.blend.augment(im, lm, rng)[0]
+            out["xf"] = [self.blend.augment(im, lm, rng, cfg)[0]
                          for im, lm in zip(fimgs, flms, strict=True)]
         return {k: torch.from_numpy(np.ascontiguousarray(fit_size(np.stack(v), self.size)))
                 for k, v in out.items()}
+
+
+def _blend_pair(blend: Blend, img: np.ndarray, lm: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(real, fake) of one self-blend. A blend whose real is not always its input (SBI augments
+    the target half of the time) says so with a ``with_real`` attribute that returns it."""
+    if hasattr(blend, "with_real"):
+        real, fake, _ = blend.with_real(img, lm, rng)
+        return real, fake
+    return img, blend(img, lm, rng)[0]
 
 
 def step_loader(ds: StepDataset, start: int, workers: int = 0) -> torch.utils.data.DataLoader:
