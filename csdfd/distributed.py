@@ -24,14 +24,15 @@ rank 0 are broadcast before every evaluation, which is what DDP's per-forward br
 to), or synchronised with ``sync_bn`` (torch.nn.SyncBatchNorm, GPU only). Only rank 0 writes.
 
 A rank that dies makes a collective of the others fail (gloo: the peer's socket closes; any
-backend: the process-group timeout ``dist_timeout``); :func:`_guard` then names the rank(s) that
-stopped answering, found with a monitored barrier on a side gloo group.
+backend: the process-group timeout ``dist_timeout``); ``_guard`` then names the rank(s) that
+stopped answering, found through the rendezvous store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 
@@ -190,16 +191,24 @@ class DataParallel:
             raise RankFailure(f"rank {self.rank}: a collective failed; {self._who()} "
                               f"(first error: {str(exc).splitlines()[0][:200]})") from exc
 
-    def _who(self) -> str:
+    def _who(self, grace_s: float = 5.0) -> str:
+        """The ranks that do not answer: every surviving rank sets a key in the rendezvous
+        store (torchrun's agent, or rank 0 without it) and looks for the others' keys."""
         try:
-            dist.monitored_barrier(self.monitor, timeout=timedelta(seconds=10),
-                                   wait_all_ranks=True)
-        except Exception as exc:  # noqa: BLE001 - its message is what names the ranks
-            text = str(exc)
-            if self.rank != 0:
-                return f"lost rank 0 or another rank ({text.splitlines()[0][:160]})"
-            return f"failed rank(s): {text.splitlines()[0][:200]}"
-        return "every rank answered a barrier afterwards"
+            store = dist.distributed_c10d._get_default_store()
+            store.set(f"csdfd/alive/{self.rank}", "1")
+            deadline = time.monotonic() + grace_s
+            while True:
+                missing = [r for r in range(self.world)
+                           if not store.check([f"csdfd/alive/{r}"])]
+                if not missing or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        except Exception:  # noqa: BLE001 - the store itself is gone with the rank holding it
+            return "failed rank(s): [0] (its rendezvous store does not answer)"
+        if missing:
+            return f"failed rank(s): {missing} (no answer within {grace_s:g} s)"
+        return "every rank still answers (a collective failed for another reason)"
 
     def close(self) -> None:
         """Destroy the process group (created by this object or by the caller)."""

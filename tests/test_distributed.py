@@ -149,6 +149,6 @@ def test_a_dead_rank_stops_the_other_with_its_name(tmp_path):
                      "runs": [{"out": str(tmp_path / "run")}]}, tmp_path)
     assert procs[1].returncode == 3
     assert procs[0].returncode != 0 and "RankFailure" in procs[0].stdout, procs[0].stdout[-2000:]
-    message = next(line for line in procs[0].stdout.splitlines() if "RankFailure" in line)
-    assert "1" in message.split("failed rank(s)")[-1], message
+    message = next(line for line in procs[0].stdout.splitlines() if "RankFailure:" in line)
+    assert "failed rank(s): [1]" in message, message
     assert time.monotonic() - t0 < LIMIT
