@@ -68,6 +68,7 @@ class DataParallel:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.active = self.world > 1
         self.works: list = []
+        self.overlap = True  # False: one blocking all-reduce after both backwards (bench only)
         self.monitor = None
         if self.active and not dist.is_initialized():
             cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -108,7 +109,7 @@ class DataParallel:
     def row_hook(self, buf: torch.Tensor):
         """exact mode: the callback for :meth:`FlatGrads.backward` that starts row k's async
         all-reduce when row k's backward is done (None otherwise)."""
-        if not self.active or self.mode != "exact":
+        if not self.active or self.mode != "exact" or not self.overlap:
             return None
 
         def start(row: int) -> None:
@@ -119,6 +120,10 @@ class DataParallel:
 
     def before_op(self, buf: torch.Tensor) -> None:
         """exact mode: wait for the rows' all-reduces, then sum -> mean over ranks."""
+        if self.active and self.mode == "exact" and not self.overlap:
+            for row in buf:
+                self.mean_(row)
+            return
         if not self.works:
             return
         with self._guard():
