@@ -9,7 +9,9 @@ Batch composition (METHOD.md section 6 leaves it open): each step takes ``B`` re
 per-epoch permutation, so an epoch is one pass over the real training frames), ``B`` original
 fakes (a per-epoch permutation of the fake pool, cycled), and one self-blend of each of the
 ``B`` reals, paired as in SBI so that only the blending separates ``xs`` from ``xr``. Each
-image is then flipped horizontally with probability ``hflip``.
+image is then flipped horizontally with probability ``hflip``. Every sample's random choices
+come from its own generator, seeded by (seed, epoch, global sample index): under torchrun each
+rank takes its shard of the same global batch, whose content does not depend on the world size.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class StepDataset(torch.utils.data.Dataset):
                  rank: int = 0, world: int = 1):
         n = len(bench.train_real)
         if n < batch_size * world:
-            raise ValueError(f"global batch {batch_size * world} exceeds the {n} real training "
+            ranks = f" x {world} ranks" if world > 1 else ""
+            raise ValueError(f"batch_size {batch_size}{ranks} exceeds the {n} real training "
                              "frames")
         if 1 in streams and len(bench.train_fake) == 0:
             raise ValueError("stream 1 needs original fakes, but the training set has none")
