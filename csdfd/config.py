@@ -96,6 +96,14 @@ class Config:
     log_every: int = _f(10, "steps between host reads of the losses and UVS/CGR diagnostics")
     max_nonfinite: int = _f(20, "stop after this many consecutive non-finite steps")
     tensorboard: bool = _f(False, "also log to TensorBoard in OUT/tb (needs `tensorboard`)")
+    # --- several processes (torchrun; csdfd.distributed) ---
+    dist_uvs: str = _f("exact", "under torchrun: 'exact' (UVS/CGR on the global gradients: the "
+                       "[2, P] buffer is all-reduced) or 'local' (per-rank UVS/CGR, only the "
+                       "combined row averaged: half the traffic, an approximation)")
+    sync_bn: bool = _f(False, "under torchrun: SyncBatchNorm (GPU only; default: per-rank BN "
+                       "statistics, as DDP)")
+    dist_timeout: float = _f(300.0, "seconds a rank waits for the others before it stops with "
+                             "an error naming the rank that did not answer")
 
     def validate(self) -> Config:
         """Raise ValueError naming the first bad field and the fix; returns self."""
@@ -125,6 +133,9 @@ class Config:
             (self.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {self.max_nonfinite}"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.dist_uvs in ("exact", "local"),
+             f"dist_uvs must be exact or local, got {self.dist_uvs!r}"),
+            (self.dist_timeout > 0, f"dist_timeout must be > 0 seconds, got {self.dist_timeout}"),
             (min(self.synth_train_ids, self.synth_val_ids, self.synth_test_ids) >= 2,
              "synth_*_ids must be >= 2 (a swap needs two identities per split)"),
             (min(self.synth_frames, self.synth_eval_frames) >= 1, "synth_*frames must be >= 1"),

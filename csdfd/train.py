@@ -4,6 +4,7 @@
     python -m csdfd.train --mode OS --out runs/os      # a baseline strategy
     python -m csdfd.train --config my.yaml --epochs 4  # YAML, then flags
     python -m csdfd.train --out runs/os --resume       # continue runs/os/last.pt
+    torchrun --nproc_per_node 2 -m csdfd.train         # data parallel (csdfd.distributed)
 
 Every Config field is a flag (``--batch-size 32``, ``--amp/--no-amp``); ``--help`` lists them with
 their defaults. The run directory gets config.yaml, metrics.jsonl, curves.png, last.pt, best.pt,
@@ -22,7 +23,7 @@ from pathlib import Path
 from .config import SYNTHETIC_PRESET, Config, coerce, load_yaml, resolve, unknown_hint
 
 #: Fields that may change on --resume without breaking bit-exact continuation.
-RESUME_SAFE = {"log_every", "tensorboard", "workers", "eval_batch_size"}
+RESUME_SAFE = {"log_every", "tensorboard", "workers", "eval_batch_size", "dist_timeout"}
 
 
 def _flag_type(name: str):
@@ -156,8 +157,13 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
             f"{out} is finished: {state['epoch']} of {stored.epochs} epochs trained, results in "
             f"{out / 'results.json'}; nothing was changed. To train further, raise --epochs "
             f"(e.g. --resume --epochs {state['epoch'] + 1}).")
-    changed = sorted(k for k, v in cfg.to_dict().items()
-                     if v != getattr(stored, k) and k not in RESUME_SAFE)
+    from .distributed import env_world_size
+
+    same_global = stored.batch_size * state.get("world_size", 1) == (cfg.batch_size
+                                                                   * env_world_size())
+    changed = sorted(k for k, v in cfg.to_dict().items()  # another world size, same global
+                     if v != getattr(stored, k) and k not in RESUME_SAFE  # batch: the same run
+                     and not (k == "batch_size" and same_global))
     if changed:
         warnings.warn(f"--resume with changed {changed}: the continuation will not match an "
                       "uninterrupted run", stacklevel=2)
@@ -167,6 +173,7 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .distributed import RankFailure
     from .trainer import NonFiniteError, Trainer
 
     try:  # bad input (config, data path, backbone, weights, checkpoint): one clear line
@@ -179,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"csdfd.train: error: {exc}\n")
     try:
         result = trainer.fit(args.stop_after)
-    except NonFiniteError as exc:
+    except (NonFiniteError, RankFailure) as exc:
         print(f"csdfd.train: {exc}", file=sys.stderr)
         return 1
+    finally:
+        trainer.dp.close()
     return 130 if result["status"] == "interrupted" else 0
 
 
