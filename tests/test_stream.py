@@ -58,9 +58,9 @@ def test_full_sbi_pairs_are_made_at_the_training_size():
     bench = _bench(RawFrames)
     ds = StepDataset(bench, get_blend("sbi"), B, 96, seed=0, epoch=0, streams=(2,), hflip=0.3)
     batch = ds[1]
-    rng = np.random.default_rng([0, 103, 0, 1])
     cfg = S.SBIConfig(size=96, p_flip=0.3)
     for i, k in enumerate(np.sort(ds.real_order[B:2 * B])):
+        rng = np.random.default_rng([0, 103, 0, B + i])  # per sample: (seed, epoch, global index)
         pair = S.sbi_pair(bench.train_real.images_[k], bench.train_real.landmarks_[k], rng, cfg)
         np.testing.assert_array_equal(batch["xr"][i].numpy(), pair.real)
         np.testing.assert_array_equal(batch["xs"][i].numpy(), pair.fake)
