@@ -193,22 +193,33 @@ def tables(stats: dict, entries: list[Entry], metric: str = "auc") -> tuple[str,
     return "\n".join(rows), "\n".join(diffs)
 
 
+def _mean(values: list) -> float | None:
+    ok = all(isinstance(v, (int, float)) and v == v for v in values)
+    return sum(values) / len(values) if values and ok else None
+
+
 def mean_curves(runs: list[list[dict]]) -> list[dict]:
-    """Train rows averaged over runs, step by step (steps every run logged; keys every run has)."""
-    by_step: dict = {}
+    """Rows of ``metrics.jsonl`` averaged over runs, step by step: train rows (losses, gradient
+    cosines) and eval rows (AUC of validation, each test set and the cross-domain mean); only
+    steps every run logged, and values every run has."""
+    groups: dict = {}
     for rows in runs:
         for r in rows:
-            if r.get("kind") == "train":
-                by_step.setdefault(r["step"], []).append(r)
+            if r.get("kind") in ("train", "eval"):
+                groups.setdefault((r["step"], r["kind"]), []).append(r)
     out = []
-    for step, rows in sorted(by_step.items()):
+    for (step, kind), rows in sorted(groups.items()):
         if len(rows) != len(runs):
             continue
-        row = {"kind": "train", "step": step}
-        for k in _CURVE_KEYS:
-            vals = [r.get(k) for r in rows]
-            if all(isinstance(v, (int, float)) for v in vals):
-                row[k] = sum(vals) / len(vals)
+        row: dict = {"kind": kind, "step": step}
+        if kind == "train":
+            row.update({k: v for k in _CURVE_KEYS
+                        if (v := _mean([r.get(k) for r in rows])) is not None})
+        else:
+            auc = lambda get: {"auc": _mean([get(r).get("auc") for r in rows])}  # noqa: E731
+            row["val"] = auc(lambda r: r["val"])
+            row["cross_domain_mean"] = auc(lambda r: r.get("cross_domain_mean", {}))
+            row["test"] = {n: auc(lambda r, n=n: r["test"].get(n, {})) for n in rows[0]["test"]}
         out.append(row)
     return out
 

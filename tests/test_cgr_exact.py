@@ -42,7 +42,7 @@ def test_eq24_term_is_plus_grad_of_L_phi_under_its_assumptions():
     -gamma (g1 g1 g2 + g2 g2 g1); the norms' own derivative is what the exact gradient adds."""
     g = torch.randn(2, 9, dtype=torch.float64)
     tau = 0.3
-    hess = tau * g * g  # diagonal Hessians of the quadratic losses L_k = 1/2 (t - a_k) H_k (t - a_k)
+    hess = tau * g * g  # diagonal Hessians of L_k = 1/2 (t - a_k) H_k (t - a_k)
     a = -g / hess  # so that dL_k/dt at t = 0 is g_k
     t = torch.zeros(9, dtype=torch.float64, requires_grad=True)
     gk = [hess[k] * (t - a[k]) for k in range(2)]

@@ -92,16 +92,26 @@ def test_summarise_by_hand():
     assert diffs[("eer", "t1")]["mean"] == pytest.approx(-0.05)
 
 
+def _eval(step: int, x: float) -> dict:
+    return {"kind": "eval", "step": step, "val": {"auc": x}, "cross_domain_mean": {"auc": x / 2},
+            "test": {"in-domain": {"auc": x}}}
+
+
 def test_mean_curves():
-    a = [{"kind": "train", "step": 1, "L1": 1.0, "cos": 0.2}, {"kind": "eval", "step": 1},
+    a = [{"kind": "train", "step": 1, "L1": 1.0, "cos": 0.2}, _eval(2, 0.6),
          {"kind": "train", "step": 2, "L1": 0.5, "cos": None}]
     b = [{"kind": "train", "step": 1, "L1": 3.0, "cos": 0.4},
-         {"kind": "train", "step": 2, "L1": 1.5, "cos": 0.1},
+         {"kind": "train", "step": 2, "L1": 1.5, "cos": 0.1}, _eval(2, 0.8),
          {"kind": "train", "step": 3, "L1": 9.0}]
     got = mean_curves([a, b])  # step 3: one run only; step 2's cos: one run has none
-    assert [sorted(r) for r in got] == [["L1", "cos", "kind", "step"], ["L1", "kind", "step"]]
-    assert [r["step"] for r in got] == [1, 2]
-    assert (got[0]["L1"], got[0]["cos"], got[1]["L1"]) == pytest.approx((2.0, 0.3, 1.0))
+    train = [r for r in got if r["kind"] == "train"]
+    assert [sorted(r) for r in train] == [["L1", "cos", "kind", "step"], ["L1", "kind", "step"]]
+    assert [r["step"] for r in train] == [1, 2]
+    assert (train[0]["L1"], train[0]["cos"], train[1]["L1"]) == pytest.approx((2.0, 0.3, 1.0))
+    (ev,) = [r for r in got if r["kind"] == "eval"]
+    assert ev["step"] == 2 and ev["val"]["auc"] == pytest.approx(0.7)
+    assert ev["cross_domain_mean"]["auc"] == pytest.approx(0.35)
+    assert ev["test"]["in-domain"]["auc"] == pytest.approx(0.7)
 
 
 def test_two_seeds_two_modes_end_to_end(tmp_path, capsys):
