@@ -145,7 +145,8 @@ def test_two_seeds_two_modes_end_to_end(tmp_path, capsys):
     assert (tmp_path / "study_curves.png").is_file()
     curve = mean_curves([RunLog.read(tmp_path / f"seed{s}" / "csdfd+cgr_grad=exact")
                          for s in (0, 1)])
-    assert [r["step"] for r in curve] == [2, 4] and all("cos_p" in r for r in curve)
+    assert [(r["kind"], r["step"]) for r in curve] == [("train", 2), ("eval", 4), ("train", 4)]
+    assert all("cos_p" in r for r in curve if r["kind"] == "train")
     # the same folders again: refused before anything trains
     with pytest.raises(SystemExit) as info:
         study.main(argv)
