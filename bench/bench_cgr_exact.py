@@ -9,11 +9,12 @@ The two settings take one step each in turn, ``ROUNDS`` times, on the same batch
 each, and the run prints the share of exact's steps spent in its own work (the double backward
 and the add, timed inside those steps).
 
-Measured (2-core CPU shared with ~5 other jobs, load ~6.5, torch 2.14.1, cpp backend), run as
+Measured (2-core CPU shared with ~5 other jobs, load ~5.5, torch 2.14.1, cpp backend), run as
 ``cd bench && OMP_NUM_THREADS=1 python -m pytest -q -s bench_cgr_exact.py`` twice: per step
-eq24 235.0 / 237.4 ms CPU, exact 245.6 / 248.2 ms CPU (x1.045 / x1.046); exact's own work
-2.6% / 2.5% of its steps' wall time. (With 2 threads on the loaded machine the OpenMP threads
-spin: 1.65 s CPU per step, x1.10, own work 7.3% of wall; not a number to plan with.)
+eq24 265.4 / 220.1 ms CPU, exact 271.8 / 226.2 ms CPU (x1.024 / x1.028; wall x1.031 / x1.034);
+exact's own work 2.9% / 2.7% of its steps' wall time. (With 2 threads on the loaded machine the
+OpenMP threads spin: 1.65 s CPU per step, x1.10, own work 7.3% of wall; not a number to plan
+with.)
 """
 
 import statistics

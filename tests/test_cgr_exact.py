@@ -4,6 +4,7 @@ convention, the trainer's wiring, the logged diagnostics, and validation of the 
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import torch
@@ -96,9 +97,40 @@ def test_exact_correction_matches_finite_differences(depth, act):
                     down = loss_phi()
                 flat[j] = keep
                 fd.append((up - down) / (2 * eps))
-    got, want = _flat(d), torch.tensor(fd, dtype=torch.float64)
+    got, want = d, torch.tensor(fd, dtype=torch.float64)
     assert float(want.abs().max()) > 1e-3  # L_phi really depends on theta_p here
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-8 * float(want.abs().max()))
+
+
+def test_sharded_with_a_mean_reduce_is_the_global_gradient():
+    """Data parallelism: two ranks (threads here) with half the batch each and ``reduce`` = the
+    mean over ranks get dL_phi/dtheta_p of the full batch's gradients, not of their own."""
+    model = _tiny_detector(2, "gelu")
+    params = [p for _, p in model.theta_p()]
+    x = torch.randn(3, 8, 3, 2, 2, dtype=torch.float64)  # [real, fake 1, fake 2] x 8 frames
+    full, _ = exact_correction(_stream_losses(model, x.reshape(24, 3, 2, 2), 8), params)
+    barrier, slots, got = threading.Barrier(2), [None, None], [None, None]
+
+    def rank(r: int) -> None:
+        def mean_(t):
+            slots[r] = t.clone()
+            barrier.wait()
+            mean = (slots[0] + slots[1]) / 2
+            barrier.wait()
+            t.copy_(mean)
+
+        shard = x[:, 4 * r : 4 * r + 4].reshape(12, 3, 2, 2)
+        got[r], _ = exact_correction(_stream_losses(model, shard, 4), params, mean_)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    torch.testing.assert_close(got[0], full, rtol=1e-10, atol=1e-12)
+    assert torch.equal(got[0], got[1])
+    local, _ = exact_correction(_stream_losses(model, x[:, :4].reshape(12, 3, 2, 2), 4), params)
+    assert not torch.allclose(local, full, rtol=1e-3)  # a rank's own term is another one
 
 
 def test_zero_stream_norm_drops_the_term():
