@@ -72,6 +72,11 @@ class Config:
     mode: str = _f("csdfd", "O | S | OS | csdfd | uvs | cgr (paper Tables II and III)")
     c: float = _f(0.5, "UVS trust-region size c (eq. 11; paper: 0.5)")
     tau: float = _f(0.01, "CGR Fisher scale tau (eq. 24; paper: 0.01)")
+    cgr_grad: str = _f("eq24", "phi's conflict-descent gradient: 'eq24' (paper, diagonal-Fisher "
+                       "approximation) or 'exact' (dL_phi/dtheta_p by double backward through "
+                       "phi and the classifier; csdfd.cgr_exact)")
+    cgr_weight: float = _f(1.0, "weight of the exact dL_phi/dtheta_p under cgr_grad=exact (1: "
+                           "eq. 19's L1 + L2 + L_phi; eq24 is scaled by tau instead)")
     solver: str = _f("pgd", "mu solver: 'pgd' (paper eq. 16) or 'exact' (K = 2 closed form)")
     mu_iters: int | None = _f(None, "iterations of the mu solver (None: the op's default)")
     backend: str = _f("reference", "gradient-op backend: reference | cpp | cuda | triton | auto "
@@ -113,6 +118,10 @@ class Config:
              f"quality must be raw, c23 or c40, got {self.quality!r}"),
             (self.c >= 0, f"c must be non-negative, but got {self.c}"),
             (self.tau >= 0, f"tau must be non-negative, but got {self.tau}"),
+            (self.cgr_grad in ("eq24", "exact"),
+             f"cgr_grad must be eq24 or exact, got {self.cgr_grad!r}"),
+            (0 <= self.cgr_weight < float("inf"),
+             f"cgr_weight must be finite and non-negative, but got {self.cgr_weight}"),
             (self.proj_depth >= 0, f"proj_depth must be >= 0, got {self.proj_depth}"),
             (self.proj_depth > 0 or self.mode not in ("csdfd", "cgr"),
              f"mode {self.mode!r} applies CGR to the projection layer: set proj_depth >= 1"),

@@ -7,7 +7,9 @@ Rows of ``metrics.jsonl`` (one JSON object per line, ``kind`` says which):
   ``cos``/``cos_p`` (cosine of g1, g2 over theta / theta_p), ``mu``, ``alpha``, ``norms``,
   ``norms_p`` and ``status`` of the window's last step (csdfd.ops.stats.StepStats),
   ``grad_norm`` (single-stream modes), ``lr``, ``step_time`` (s), ``images_per_s``,
-  ``skipped`` (non-finite steps so far);
+  ``skipped`` (non-finite steps so far); with CGR, ``cgr_cos``, ``cgr_eq24_rel`` and
+  ``cgr_exact_rel`` (eq. 24's vs the exact correction, csdfd.cgr_exact) and, under
+  ``cgr_grad=exact``, ``cgr_dropped`` (steps of the window whose exact term was dropped);
 - ``"eval"`` after every epoch: validation and test metrics (see csdfd.trainer).
 
 A train row covers the steps of one epoch since the previous row; after a resume, the first

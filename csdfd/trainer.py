@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .cgr_exact import CGRGradient
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, dump_yaml
 from .data import Benchmark, BlendedFrames, ConcatFrames, get_blend, load_benchmark
@@ -110,6 +111,9 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.mean, self.std = normalisation(self.model)
         self.fg = self._flat_grads()
+        # torchrun, exact: the term of the global stream gradients (csdfd.cgr_exact)
+        reduce = self.dp.mean_ if self.dp.active and self.dp.mode == "exact" else None
+        self.cgr = CGRGradient(self.fg, st.cgr, cfg.cgr_grad, self.tau, cfg.cgr_weight, reduce)
         # BatchNorm statistics move during the forward pass; a skipped step restores them.
         self.buffers = list(self.model.buffers())
         self.buffers_saved = [b.clone() for b in self.buffers]
@@ -173,11 +177,16 @@ class Trainer:
             self.dp.mean_grads(self.model.parameters())
             norm = _total_norm(self.model.parameters())
             return losses, None, norm, ~torch.isfinite(stream_losses[0] + norm)
-        # Step 2: g1 and g2 into rows 0 and 1 of the flat buffer
+        # Step 2: g1 and g2 into rows 0 and 1 of the flat buffer (first, while the graph is
+        # alive, the exact dL_phi/dtheta_p when cgr_grad=exact or on logging steps)
+        self.cgr.prepare(stream_losses, (self.global_step + 1) % cfg.log_every == 0)
         self.fg.backward(stream_losses, self.dp.row_hook(self.fg.buf))  # + async all-reduce
         self.dp.before_op(self.fg.buf)  # torchrun, exact: the global rows (csdfd.distributed)
-        # Step 3: CGR on theta_p (eq. 24), UVS on theta (eqs. 14-16), in place into row 0
-        stats = self.fg.step(self.c, self.tau, cfg.solver, self.iters, self.backend)
+        self.cgr.compare()
+        # Step 3: CGR on theta_p (eq. 24, or tau = 0 plus the exact term), UVS on theta
+        # (eqs. 14-16), in place into row 0
+        stats = self.fg.step(self.c, self.cgr.op_tau, cfg.solver, self.iters, self.backend)
+        self.cgr.apply()
         self.dp.after_op(self.fg.buf)  # torchrun, local: the mean of the ranks' row 0
         bad = ~torch.isfinite(stream_losses[0] + stream_losses[1])
         bad |= (stats.status.to(torch.int32) & NONFINITE) != 0
@@ -233,6 +242,7 @@ class Trainer:
                **window.read(), "lr": self.sched.get_last_lr()[0], "skipped": self.skipped}
         if stats is not None:
             row.update(stats.to_dict())
+            row.update(self.cgr.read())
         if norm is not None:
             row["grad_norm"] = float(norm)
         self.log.write(row)
