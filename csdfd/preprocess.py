@@ -229,12 +229,12 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     options = {"frames": args.frames, "size": args.size, "margin": args.margin,
-               "threshold": args.threshold, "detect_size": args.detect_size,
+               "threshold": args.detector_threshold, "detect_size": args.detect_size,
                "landmarks": str(args.landmarks) if args.landmarks else "dlib-68",
                "landmarks_path": args.landmarks}  # None: the default model
     todo, done = plan(videos, out, options, parse_shard(args.shard), args.retry_failed)
     if todo:  # fail here, with a clear message, rather than in every worker: dlib, the model
-        FaceExtractor(args.landmarks, args.size, args.margin, args.threshold, args.detect_size)
+        FaceExtractor(args.landmarks, args.size, args.margin, args.detector_threshold, args.detect_size)
     print(f"{name}: {len(videos)} videos, {done} already done, {len(todo)} to do "
           f"(shard {args.shard}, {args.workers} workers) -> {out}", file=sys.stderr)
     records, start = _run_workers(todo, out, options, args.workers)

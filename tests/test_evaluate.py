@@ -58,10 +58,11 @@ def test_streamed_scores_and_metrics(faces, batch_size, workers):
     std = torch.tensor([0.229, 0.224, 0.225]) * 255
     expected = torch.sigmoid(model(((x - mean) / std).permute(0, 3, 1, 2))).detach().numpy()
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
-    result, vscores = E.evaluate_set(model, frames, _args(batch_size, workers))
+    result, got = E.evaluate_set(model, frames, _args(batch_size, workers))
+    np.testing.assert_array_equal(got, scores)
     assert result["frame"]["auc"] == pytest.approx(roc_auc_score(frames.labels, scores))
     assert result["frame"]["ap"] == pytest.approx(average_precision_score(frames.labels, scores))
-    vlabels, _ = E.video_scores(frames, scores)
+    vlabels, vscores = E.video_scores(frames, scores)
     assert result["video"]["auc"] == pytest.approx(roc_auc_score(vlabels, vscores))
     assert set(result["methods"]) == {"Deepfakes", "FaceSwap"}
     assert (result["videos"], result["frames"]) == (12, 36)

@@ -74,8 +74,10 @@ def read_frames(path: Path, n: int, part: int = 0, parts: int = 1) -> Sample:
         keep = [(i, f) for i, f in zip(picks, frames, strict=True) if f is not None]
         return Sample([i for i, _ in keep], [f for _, f in keep], len(files))
     if path.suffix.lower() in IMAGE_EXTS:
-        img = _imread(path) if part == 0 else None
-        return Sample([0], [img], 1) if img is not None else Sample([], [], int(part > 0))
+        if not block([0]):  # an image is one frame: the first part holds it
+            return Sample([], [], 1)
+        img = _imread(path)
+        return Sample([0], [img], 1) if img is not None else Sample([], [], 0)
     return _read_video(path, n, block)
 
 
@@ -287,15 +289,16 @@ def input_crop(crop: np.ndarray, landmarks: np.ndarray, cfg: SBIConfig) -> np.nd
     return eval_crop(crop, landmarks, cfg)[0]
 
 
-def add_options(p: argparse.ArgumentParser) -> None:
+def add_options(p: argparse.ArgumentParser, threshold_flag: str = "--threshold") -> None:
     """The frame-selection, detection and crop options shared by ``csdfd.preprocess`` and
-    ``csdfd.predict`` (one set of defaults for both)."""
+    ``csdfd.predict`` (one set of defaults for both); predict names the detector threshold
+    ``--face-threshold``, its ``--threshold`` being the verdict's."""
     p.add_argument("--frames", type=int, default=32,
                    help="frames per video, evenly spaced over the whole video (default 32)")
     p.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256)")
     p.add_argument("--margin", type=float, default=1.5,
                    help="crop side / face size (default 1.5: room for SBI's random margins)")
-    p.add_argument("--threshold", type=float, default=0.0,
+    p.add_argument(threshold_flag, dest="detector_threshold", type=float, default=0.0,
                    help="minimum dlib detector score of a kept face (default 0.0)")
     p.add_argument("--detect-size", type=int, default=640,
                    help="detect on frames shrunk to this longer side (default 640)")
@@ -307,4 +310,4 @@ def add_options(p: argparse.ArgumentParser) -> None:
 def extractor_options(args: argparse.Namespace) -> dict:
     """The :class:`FaceExtractor` keyword arguments of parsed :func:`add_options` options."""
     return {"landmarks": args.landmarks, "size": args.size, "margin": args.margin,
-            "threshold": args.threshold, "detect_size": args.detect_size}
+            "threshold": args.detector_threshold, "detect_size": args.detect_size}
