@@ -131,3 +131,37 @@ def test_evaluate_errors(trained, faces, capsys):
     assert "no videos in its val split" in capsys.readouterr().err
     assert E.main([str(Path(trained) / "missing.pt"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_a_synthetic_checkpoint(tmp_path_factory, tmp_path):
+    """python -m csdfd.evaluate CKPT on a run of the embedded benchmark: re-rendered from the
+    checkpoint's config, evaluated in-domain and on every target, the run's own test AUCs."""
+    from demo import demo_run
+
+    run = demo_run(tmp_path_factory)
+    out = tmp_path / "eval"
+    assert E.main([str(run / "best.pt"), "--out", str(out), "--workers", "0", "--quiet",
+                   "--save-scores"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    trained = json.loads((run / "results.json").read_text())["test"]
+    assert list(report["sets"]) == list(trained)  # in-domain, then the targets
+    for name, r in report["sets"].items():
+        assert r["frame"]["auc"] == pytest.approx(trained[name]["auc"], abs=1e-9), name
+        assert r["videos"] is None and r["video"]["auc"] is None
+    assert len(report["sets"]["in-domain"]["methods"]) == 2  # the two source families
+    lines = (out / "frames-in-domain.csv").read_text().splitlines()
+    assert lines[0] == "video,frame,label,score" and len(lines) == 1 + 8
+    assert "| in-domain | - | 8 |" in (out / "eval.md").read_text()
+
+
+def test_a_failed_evaluate_leaves_no_folder(trained, faces, tmp_path_factory, tmp_path):
+    from demo import demo_run
+
+    out = tmp_path / "eval"
+    # the second set fails (no val split): nothing of the first is written either
+    assert E.main([str(trained / "best.pt"), "--data", f"ffpp:{faces[0]}", "--test",
+                   f"celebdf:{faces[1]}", "--split", "val", "--out", str(out), "--quiet"]) == 2
+    assert E.main([str(demo_run(tmp_path_factory) / "best.pt"), "--split", "val", "--out",
+                   str(out), "--quiet"]) == 2
+    assert E.main([str(tmp_path / "missing.pt"), "--out", str(out), "--quiet"]) == 2
+    assert not out.exists()
