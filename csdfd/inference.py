@@ -113,3 +113,8 @@ class FaceScorer:
         for (face, state), s in zip(batch, scores, strict=True):
             face["score"] = float(s)
             state["pending"] -= 1
+
+
+if __name__ == "__main__":
+    raise SystemExit("csdfd.inference is the library of prediction; to score images and videos "
+                     "run: python -m csdfd.predict CKPT INPUT... (see --help)")

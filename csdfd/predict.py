@@ -112,12 +112,20 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict]:
     for t in tasks:
         states[t.item]["left"] += 1
     scorer = FaceScorer(model, args.batch_size, args.amp)
+    start = time.perf_counter()
+    stats = _score(tasks, options, states, scorer, outputs, args)
+    stats.update(model_s=scorer.seconds, seconds=time.perf_counter() - start)
+    return [st["record"] for st in states], stats
+
+
+def _score(tasks: list[scan.Task], options: dict, states: list[dict], scorer,
+           outputs: predictions.Outputs, args: argparse.Namespace) -> dict:
+    """Scan results as they come, their faces to the scorer, each input's record (and its
+    Grad-CAM / annotation) as soon as its last part and face are in; returns the timings."""
     stats = {"decode_s": 0.0, "detect_s": 0.0, "frames": 0}
     estimate = sum(scan.planned(t) for t in tasks)
     bar = tqdm(total=estimate, unit="frame", file=sys.stderr, dynamic_ncols=True,
                disable=args.quiet or estimate < 16)
-    start = time.perf_counter()
-
     by_key = {(t.item, t.part): t for t in tasks}
     ready: set[int] = set()  # inputs with every part back, some faces maybe unscored
 
@@ -135,11 +143,10 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict]:
             st["left"] -= 1
             if st["left"] == 0:
                 ready.add(part["item"])
-            for f in part["frames"]:
-                for face in f["faces"]:
-                    scorer.add(face, st)
-            stats["decode_s"] += part["decode_s"]
-            stats["detect_s"] += part["detect_s"]
+            for face in (face for f in part["frames"] for face in f["faces"]):
+                scorer.add(face, st)
+            for key in ("decode_s", "detect_s"):
+                stats[key] += part[key]
             stats["frames"] += len(part["frames"])
             bar.total += len(part["frames"]) - scan.planned(by_key[part["item"], part["part"]])
             bar.update(len(part["frames"]))
@@ -148,8 +155,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict]:
         settle()
     finally:
         bar.close()
-    stats.update(model_s=scorer.seconds, seconds=time.perf_counter() - start)
-    return [st["record"] for st in states], stats
+    return stats
 
 
 def parser() -> argparse.ArgumentParser:

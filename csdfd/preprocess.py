@@ -37,8 +37,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .data import layouts
-from .data import faces
+from .data import faces, layouts
 from .data.faces import FaceExtractor, even_indices, read_frames, why_unreadable
 
 INDEX_FORMAT = "csdfd-faces/1"
@@ -234,7 +233,7 @@ def run(args: argparse.Namespace) -> dict:
                "landmarks_path": args.landmarks}  # None: the default model
     todo, done = plan(videos, out, options, parse_shard(args.shard), args.retry_failed)
     if todo:  # fail here, with a clear message, rather than in every worker: dlib, the model
-        FaceExtractor(args.landmarks, args.size, args.margin, args.detector_threshold, args.detect_size)
+        FaceExtractor(**faces.extractor_options(args))
     print(f"{name}: {len(videos)} videos, {done} already done, {len(todo)} to do "
           f"(shard {args.shard}, {args.workers} workers) -> {out}", file=sys.stderr)
     records, start = _run_workers(todo, out, options, args.workers)

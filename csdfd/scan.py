@@ -88,7 +88,10 @@ def plan(inputs: list[Input], frames: int, workers: int) -> list[Task]:
 
 
 def planned(task: Task) -> int:
-    """Frames a task decodes if the video has at least ``task.frames`` frames."""
+    """Frames a task decodes: one for an image; for a video with at least ``task.frames``
+    frames, its block of them."""
+    if task.kind == IMAGE:
+        return 1
     return len(np.array_split(np.arange(task.frames), task.parts)[task.part])
 
 

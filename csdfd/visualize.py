@@ -234,9 +234,9 @@ def _draw(bgr: np.ndarray, frame: dict, record: dict, threshold: float) -> None:
     scale, thick = max(0.45, 0.8 * h / 720), max(1, round(2 * h / 720))
     for face in frame["faces"]:
         colour = (40, 40, 230) if face["score"] >= threshold else (60, 200, 60)  # BGR
-        l, t, r, b = (int(round(v)) for v in face["box"])
-        cv2.rectangle(bgr, (l, t), (r, b), colour, thick + 1)
-        cv2.putText(bgr, f"{face['score']:.2f}", (l, max(t - 6, 14)), font, scale, colour,
+        x0, y0, x1, y1 = (int(round(v)) for v in face["box"])
+        cv2.rectangle(bgr, (x0, y0), (x1, y1), colour, thick + 1)
+        cv2.putText(bgr, f"{face['score']:.2f}", (x0, max(y0 - 6, 14)), font, scale, colour,
                     thick, cv2.LINE_AA)
     video = record["score"]
     text = (f"frame {frame['index']}: " + ("no face" if frame["score"] is None

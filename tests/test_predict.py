@@ -289,6 +289,7 @@ def test_plan_and_table_without_dlib(tmp_path):
     assert [t.parts for t in scan.plan(videos, 32, 2)] == [1, 1, 1]
     assert [t.parts for t in scan.plan(videos[:1], 4, 8)] == [1]  # too few frames to split
     assert sum(scan.planned(t) for t in scan.plan(videos[:1], 30, 4)) == 30
+    assert scan.planned(scan.plan([scan.Input(Path("a.png"), "image")], 30, 4)[0]) == 1
     assert PR.frame_score([], "max") is None
     assert PR.frame_score([0.2, 0.9], "largest") == 0.2
     assert predictions.unique_stems([scan.Input(Path("a/x.jpg"), "image"),
@@ -327,7 +328,7 @@ def test_scores_equal_preprocess_then_evaluate(ckpt, tmp_path):
     pytest.importorskip("dlib", reason="dlib is not installed: pip install 'csdfd[data]'")
     ds = tmp_path / "ds"
     videos = {"real": ds / "real" / "astronaut.mp4", "fake": ds / "fake" / "grace.mp4"}
-    for label, path in videos.items():
+    for path in videos.values():
         path.parent.mkdir(parents=True)
         write_face_video(path, path.stem.replace("grace", "grace_hopper"), n=14)
     frames = [f for v in videos.values() for f in read_frames(v, 2).frames]
@@ -363,3 +364,56 @@ def test_workers_do_not_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ,
                    "PYTHONPATH": str(Path(PR.__file__).parents[1])})
+
+
+def test_inference_module_points_to_predict():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "csdfd.inference"], capture_output=True,
+                          text=True, env={**os.environ,
+                                          "PYTHONPATH": str(Path(PR.__file__).parents[1])})
+    assert done.returncode == 1 and "python -m csdfd.predict CKPT INPUT" in done.stderr
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_commands_run(ckpt, media, tmp_path, monkeypatch, capsys):
+    """The commands of README's "Use a trained detector", on the inputs it names, and the
+    layout of its sample table (paths, faces and frames; the scores are the demo's)."""
+    import shlex
+    import shutil
+
+    import matplotlib
+
+    from csdfd import evaluate as E
+
+    text = README.read_text()
+    section = text[text.index("## Use a trained detector"):text.index("## Layout")]
+    block = section.split("```bash\n")[1].split("```")[0]
+    sample = section.split("\n```\npath")[1].split("```")[0]
+    commands = [shlex.split(line) for line in block.splitlines()
+                if line.startswith("python -m csdfd.")]
+    assert [c[2] for c in commands] == ["csdfd.predict"] * 3 + ["csdfd.evaluate"]
+    monkeypatch.chdir(tmp_path)
+    Path("runs/demo").mkdir(parents=True)
+    shutil.copy(ckpt, "runs/demo/best.pt")
+    shutil.copy(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
+                "photo.jpg")
+    rgb_write(Path("group.png"), two_faces())
+    write_face_video("clip.mp4", "astronaut", n=40)
+    Path("videos").mkdir()
+    shutil.copy("clip.mp4", "videos/a.mp4")
+    for k, cmd in enumerate(commands):
+        main = PR.main if cmd[2] == "csdfd.predict" else E.main
+        assert main([*cmd[3:], "--workers", "0", "--quiet"]) == 0, cmd
+        if k == 0:
+            got = [line.split() for line in capsys.readouterr().out.splitlines()]
+            want = [line.split() for line in ("path" + sample).splitlines()]
+            assert [row[:1] + row[3:] for row in got] == [row[:1] + row[3:] for row in want]
+    assert [r["status"] for r in json.loads(Path("predictions.json").read_text())] == ["ok"] * 3
+    assert len(Path("frames.csv").read_text().splitlines()) == 1 + 32
+    assert len(list(Path("cams").glob("a.frame*.cam.png"))) == 3
+    assert Path("clip.scored.mp4").stat().st_size > 0
+    assert Path("runs/demo/eval/eval.json").exists()
