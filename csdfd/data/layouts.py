@@ -349,23 +349,3 @@ def load(layout: str, root: Path, **options) -> list[Video]:
         if options.get("splits"):
             options["splits"] = Path(options["splits"])
     return LAYOUTS[name](Path(root), **options)
-
-
-def load_benchmark(root: Path, cfg):
-    """Training data from a folder written by ``python -m csdfd.preprocess`` (see
-    :func:`csdfd.data.frames.load_benchmark`; ``cfg.data`` may also be a ``NAME:PATH`` spec)."""
-    from . import frames
-
-    if ":" not in str(cfg.data):
-        index = json.loads(_need(Path(root) / "index.json", "preprocessed face index",
-                                 "run python -m csdfd.preprocess first").read_text())
-        cfg = _with_data(cfg, f"{index.get('dataset', 'folder')}:{root}")
-    return frames.load_benchmark(cfg)
-
-
-def _with_data(cfg, spec: str):
-    import copy
-
-    cfg = copy.copy(cfg)
-    cfg.data = spec
-    return cfg

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..inference import fit_size
-from . import Benchmark, Blend
+from .base import Benchmark, Blend
 
 
 class StepDataset(torch.utils.data.Dataset):
