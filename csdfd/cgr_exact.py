@@ -20,27 +20,28 @@ the norms detached, to rounding).
 
 ``exact`` computes dL_phi/dtheta_p by double backward instead: first-order g_kp with
 ``create_graph=True``, u_k = dL_phi/dg_kp, then the Hessian-vector products sum_k H_k u_k by one
-more backward (:func:`exact_correction`). Both passes ask autograd for theta_p only, so they run through the classifier and phi of the step's own forward graph and stop at
-phi's input: the backbone is never differentiated twice (its features enter as constants), and
-the same dropout mask and autocast dtype as the step's gradients apply. theta_p's gradient is
-then ``g1p + g2p + cgr_weight * dL_phi/dtheta_p``: the fused op runs with tau = 0 on the phi
-segment (its output there is g1p + g2p) and :meth:`CGRGradient.apply` adds the term to row 0.
+more backward (:func:`exact_correction`). Both passes ask autograd for theta_p only, so they run
+through the classifier and phi of the step's own forward graph and stop at phi's input: the
+backbone is never differentiated twice (its features enter as constants), and the same dropout
+mask and autocast dtype as the step's gradients apply. theta_p's gradient is then ``g1p + g2p +
+cgr_weight * dL_phi/dtheta_p``: the fused op runs with tau = 0 on the phi segment (its output
+there is g1p + g2p) and :meth:`CGRGradient.apply` adds the term to row 0.
 UVS on theta is unchanged.
 
 ``cgr_weight`` defaults to 1, eq. 19's weight on L_phi: ``exact`` then means the true gradient of
 the paper's own objective, and any other weight is a tuned hyper-parameter. Measured on the demo
 (synthetic preset, seed 0, mode csdfd): eq. 24's correction is 2e-6 to 9e-5 of ||g1p + g2p||
-(median 1.1e-5), the exact one at weight 1 is 0.02 to 70 times it (median 3.6) and points
-elsewhere (cosine between them: median 0.42, -0.14 to 0.66). At weight 1, phi aligns the two
-streams' gradients (cos_p ~0.99) instead of learning: validation AUC 0.51-0.54 for four epochs,
+(median 1.1e-5); the exact one at weight 1 is 0.02 to 70 times ||g1p + g2p|| (median 3.6) and
+points elsewhere (cosine between them: median 0.42, -0.14 to 0.66). At weight 1, phi aligns the
+streams' gradients (cos_p 0.91-0.99 over the first 60 steps) instead of learning: validation AUC 0.51-0.54 for four epochs,
 in-domain 76.9 / cross-domain mean 68.7 after eight (eq24: 97.3 / 82.5, README). With
 ``cgr_weight=0.1`` validation AUC tracks eq24's (0.80 vs 0.80 after two epochs; 0.01: 0.77).
 So a study comparing the two should also carry ``csdfd:cgr_grad=exact,cgr_weight=0.1``.
 
 When ||g1p|| or ||g2p|| is zero or the exact term is not finite, the term is dropped (phi gets
 g1p + g2p, as eq. 24's path does with gamma = 0 and the ZERO_GP flag) and the event is counted
-in the logged ``cgr_dropped`` (steps of the log window). A non-finite g_kp makes the whole step
-non-finite anyway; the trainer skips it.
+in the logged ``cgr_dropped`` (under exact: steps of the log window). A non-finite g_kp makes
+the whole step non-finite anyway; the trainer skips it.
 
 Diagnostics (``metrics.jsonl``, logging steps only, so no per-step host read): ``cgr_cos``, the
 cosine between eq. 24's correction (with ``tau``) and the exact one (with ``cgr_weight``), and
@@ -50,8 +51,9 @@ cosine between eq. 24's correction (with ``tau``) and the exact one (with ``cgr_
 Cost (``bench/bench_cgr_exact.py``: demo model, i.e. the synthetic preset, test_efficientnet at
 64 px, 48 images per forward, phi 2 x 128; cpp backend; one CPU thread; 30 interleaved steps
 each, twice): exact takes 1.024-1.028x eq24's CPU time per step (wall 1.031-1.034x), and its
-own work is 2.7-2.9% of its steps' wall time. Under eq24 the same work runs on logging steps only (1 in ``log_every``).
-The share shrinks with the backbone: the double backward never leaves phi and the classifier.
+own work is 2.7-2.9% of its steps' wall time. Under eq24 the same work runs on logging steps
+only (1 in ``log_every``). The share shrinks as the backbone grows: the double backward never
+leaves phi and the classifier.
 """
 
 from __future__ import annotations
