@@ -14,23 +14,12 @@ from csdfd import cgr_exact
 from csdfd import train as cli
 from csdfd.cgr_exact import conflict_loss, eq24_correction, exact_correction
 from csdfd.config import resolve
-from csdfd.data import synthetic
 from csdfd.data.stream import StepDataset
 from csdfd.inference import to_input
 from csdfd.models import Detector
 from csdfd.ops import dispatch, reference
 from csdfd.trainer import Trainer
-
-SYNTH = {"synth_train_ids": 4, "synth_val_ids": 2, "synth_test_ids": 2, "synth_frames": 4,
-         "synth_eval_frames": 2}
-TINY = {"backbone": "test_efficientnet", "img_size": 32, "batch_size": 4, "proj_width": 16,
-        "epochs": 1, "log_every": 1, "eval_batch_size": 64, "lr": 1e-3, **SYNTH}
-
-
-@pytest.fixture(scope="module")
-def bench():
-    cfg = resolve(TINY)
-    return synthetic.make_benchmark(synthetic.SyntheticSpec.from_config(cfg), verbose=False)
+from test_train import TINY, bench  # noqa: F401 - the tiny run and its module fixture
 
 
 def _flat(ts):
