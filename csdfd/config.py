@@ -77,6 +77,11 @@ class Config:
                        "phi and the classifier; csdfd.cgr_exact)")
     cgr_weight: float = _f(1.0, "weight of the exact dL_phi/dtheta_p under cgr_grad=exact (1: "
                            "eq. 19's L1 + L2 + L_phi; eq24 is scaled by tau instead)")
+    stream_grads: str = _f("auto", "how g1 and g2 are computed: 'two-pass' (one backward per "
+                           "stream), 'one-pass' (one backward of L1 + L2 split by row group; "
+                           "only for backbones whose layers never mix samples: LayerNorm or "
+                           "GroupNorm networks such as ViT, DeiT, ConvNeXt) or 'auto' (one-pass "
+                           "where valid, else two-pass, saying why; csdfd.streamgrads)")
     solver: str = _f("pgd", "mu solver: 'pgd' (paper eq. 16) or 'exact' (K = 2 closed form)")
     mu_iters: int | None = _f(None, "iterations of the mu solver (None: the op's default)")
     backend: str = _f("reference", "gradient-op backend: reference | cpp | cuda | triton | auto "
@@ -136,6 +141,8 @@ class Config:
              f"warmup is a fraction of all steps in [0, 1), got {self.warmup}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.stream_grads in ("auto", "two-pass", "one-pass"),
+             f"stream_grads must be auto, two-pass or one-pass, got {self.stream_grads!r}"),
             (self.solver in ("pgd", "exact"), f"solver must be pgd or exact, got {self.solver!r}"),
             (0 <= self.hflip <= 1, f"hflip is a probability, got {self.hflip}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),

@@ -46,7 +46,10 @@ class Detector(nn.Module):
         self.classifier = nn.Linear(width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.backbone(x)
+        return self.head(self.backbone(x))
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        """Features -> phi -> classifier: one logit per row (eqs. 17-18)."""
         return self.classifier(self.dropout(self.phi(f))).squeeze(-1)
 
     def theta(self) -> list[tuple[str, nn.Parameter]]:

@@ -65,6 +65,7 @@ from .steputil import GracefulStop as _GracefulStop
 from .steputil import copy_ as _copy
 from .steputil import pick_device as _device
 from .steputil import total_norm as _total_norm
+from .streamgrads import StreamGrads
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,10 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.mean, self.std = normalisation(self.model)
         self.fg = self._flat_grads()
+        self.grads = None if self.fg is None else StreamGrads(  # g1, g2: one backward or two
+            self.model, self.fg, cfg.stream_grads, img_size=cfg.img_size,
+            channels_last=cfg.channels_last,
+            log=(lambda m: None) if quiet or not self.dp.main else None)
         # torchrun, exact: the term of the global stream gradients (csdfd.cgr_exact)
         reduce = self.dp.mean_ if self.dp.active and self.dp.mode == "exact" else None
         self.cgr = CGRGradient(self.fg, st.cgr, cfg.cgr_grad, self.tau, cfg.cgr_weight, reduce)
@@ -161,9 +166,13 @@ class Trainer:
         x = [to_input(batch[k], self.mean, self.std, self.device, cfg.channels_last)
              for k in ("xr", "xf", "xs") if k in batch]
         n = len(x[0])
+        log_step = (self.global_step + 1) % cfg.log_every == 0
+        # OS needs g1 and g2 apart only for the cosine it logs: else one backward of L1 + L2
+        split = self.fg is not None and (st.uvs or st.cgr or log_step)
         # Step 1: one forward of [xr, xf, xs] -> features -> phi -> logits
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            logits = self.model(torch.cat(x)).float()
+            logits = (self.grads.forward(torch.cat(x), split) if self.fg is not None
+                      else self.model(torch.cat(x))).float()
         real, *fakes = logits.split(n)
         target = torch.cat([torch.zeros(n), torch.ones(n)]).to(self.device)
         stream_losses = [F.binary_cross_entropy_with_logits(torch.cat([real, f]), target)
@@ -171,16 +180,23 @@ class Trainer:
         losses: list = [None, None]
         for s, loss in zip(st.streams, stream_losses, strict=True):
             losses[s - 1] = loss
-        if self.fg is None:  # O or S: one stream, plain gradient
-            self.opt.zero_grad(set_to_none=True)
-            stream_losses[0].backward()
+        if not split:  # O, S, or OS between logging steps: one plain backward
+            loss = sum(stream_losses)
+            if self.fg is None:
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+            else:  # OS: L1 + L2 straight into row 0, which every .grad views
+                self.fg.buf[0].zero_()
+                self.fg.point_grads(0)
+                torch.autograd.backward(loss, inputs=self.fg.params)
             self.dp.mean_grads(self.model.parameters())
             norm = _total_norm(self.model.parameters())
-            return losses, None, norm, ~torch.isfinite(stream_losses[0] + norm)
-        # Step 2: g1 and g2 into rows 0 and 1 of the flat buffer (first, while the graph is
-        # alive, the exact dL_phi/dtheta_p when cgr_grad=exact or on logging steps)
-        self.cgr.prepare(stream_losses, (self.global_step + 1) % cfg.log_every == 0)
-        self.fg.backward(stream_losses, self.dp.row_hook(self.fg.buf))  # + async all-reduce
+            return losses, None, norm, ~torch.isfinite(loss + norm)
+        # Step 2: g1 and g2 into rows 0 and 1 of the flat buffer, by one backward of L1 + L2
+        # or one per stream (csdfd.streamgrads); first, while the graph is alive, the exact
+        # dL_phi/dtheta_p when cgr_grad=exact or on logging steps
+        self.cgr.prepare(stream_losses, log_step)
+        self.grads.backward(stream_losses, self.dp.row_hook(self.fg.buf))  # + async all-reduce
         self.dp.before_op(self.fg.buf)  # torchrun, exact: the global rows (csdfd.distributed)
         self.cgr.compare()
         # Step 3: CGR on theta_p (eq. 24, or tau = 0 plus the exact term), UVS on theta
@@ -254,7 +270,8 @@ class Trainer:
         or ``{"status": "interrupted" | "stopped", ...}`` with last.pt saved to resume from."""
         t_start = time.perf_counter()
         self.log.print(f"{self.bench.name} | {self.cfg.backbone} | mode {self.cfg.mode} | "
-                       f"gradient ops backend: {self.backend} | device {self.device}")
+                       f"gradient ops backend: {self.backend} | device {self.device}" +
+                       (f" | stream gradients: {self.grads.method}" if self.grads else ""))
         try:
             with _GracefulStop() as stop:
                 while self.epoch < self.cfg.epochs:
@@ -303,6 +320,7 @@ class Trainer:
             "selected": {"epoch": best["epoch"], "by": "validation AUC", "val": best["val"]},
             "test": best["test"], "cross_domain_mean": best["cross_domain_mean"],
             "last_epoch": self.history[-1], "backend": self.backend,
+            "stream_grads": self.grads.method if self.grads else None,
             "nonfinite_skipped": self.skipped, "train_time_s": self.train_time,
             "wall_time_s": wall, "config": self.cfg.to_dict(), "out": str(self.out),
             "world_size": self.dp.world, "global_batch": self.cfg.batch_size * self.dp.world,

@@ -1,0 +1,404 @@
+"""Both stream gradients from one backward pass (the mechanism; policy is csdfd.streamgrads).
+
+One step forwards ``cat([xr, xf, xs])`` (row groups R, F, S of n rows each) and the two stream
+losses of eq. 3 share the real rows: ``L1 = BCE([xr, xf])``, ``L2 = BCE([xr, xs])``, both means
+over 2n. So dL1/d logit_r = dL2/d logit_r, and one backward of ``L1 + L2`` gives every row the
+output gradient of its stream, twice that on the real rows. When no layer mixes samples
+(LayerNorm, GroupNorm, Linear, convolutions, attention within a sample; not BatchNorm in
+training mode), backpropagation is separate per row, so each weight gradient of that backward
+is a sum over rows that splits by group into G_R, G_F, G_S, and (eq. 3)
+
+    g1 = G_R / 2 + G_F,        g2 = G_R / 2 + G_S.
+
+:class:`GroupedForward` is a TorchFunctionMode active during the backbone's forward. It
+replaces every call that uses a trainable backbone parameter with a version whose backward
+computes the three group sums and writes g1 and g2 straight into the parameter's rows of the
+[2, P] FlatGrads buffer (:class:`RowSink`), returning no weight gradient to autograd:
+
+* ``linear``, ``conv1d`` / ``conv2d`` (any stride, padding, dilation, groups: depthwise and
+  grouped too), ``layer_norm``, ``group_norm``: one batched forward and one batched input
+  gradient as before; the weight gradient, whose FLOPs are one sum over rows, is computed per
+  group instead (one batched matmul over the 3 groups for linear, one call per group for conv),
+  so the backward costs what autograd's does.
+* Parameters used directly (ViT's cls token and position embedding, LayerScale's gamma, in
+  ``add``/``mul``/``cat``...): the parameter, or the tensor derived from it by parameter-only
+  ops (``reshape``, ``expand``, a resampling), is replaced by its per-row version built from
+  three aliases (``detach()``, no copy) of the parameter, one per group, so autograd itself
+  delivers each group's sum to its alias. These are small (at most one activation's size).
+
+Anything else that touches a parameter together with the batch is refused with
+:class:`Unsupported` naming the parameter and the op, and so is BatchNorm in training mode
+(it couples rows through the batch statistics): the caller then uses two backward passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+#: row k of the buffer = sum_g COEF[k][g] * (group g's gradient); groups R, F, S (eq. 3 above)
+COEF = ((0.5, 1.0, 0.0), (0.5, 0.0, 1.0))
+
+_ELEMENTWISE = {
+    torch.add, torch.sub, torch.mul, torch.div, torch.Tensor.add, torch.Tensor.sub,
+    torch.Tensor.mul, torch.Tensor.div, torch.Tensor.add_, torch.Tensor.sub_, torch.Tensor.mul_,
+    torch.Tensor.div_, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__,
+    torch.Tensor.__sub__, torch.Tensor.__rsub__, torch.Tensor.__isub__, torch.Tensor.__mul__,
+    torch.Tensor.__rmul__, torch.Tensor.__imul__, torch.Tensor.__truediv__,
+    torch.Tensor.__itruediv__, torch.addcmul, torch.cat, torch.concat, torch.where,
+}
+_BATCH_NORMS = {F.batch_norm, torch.batch_norm}
+
+
+class Unsupported(RuntimeError):
+    """A layer or op the one-pass mechanism cannot split by row group (names it)."""
+
+
+class RowSink:
+    """Where group gradients go: parameter ``p``'s views into rows 0 and 1 of the buffer."""
+
+    def __init__(self, params: list[torch.nn.Parameter], rows: list[list[torch.Tensor]],
+                 names: dict[int, str]):
+        self.index = {id(p): i for i, p in enumerate(params)}
+        self.rows, self.names = rows, names
+
+    def __contains__(self, t: object) -> bool:
+        return isinstance(t, torch.Tensor) and id(t) in self.index
+
+    def add(self, p: torch.Tensor, groups: torch.Tensor) -> None:
+        """``groups`` [3, *p.shape]: G_R, G_F, G_S; rows k += sum_g COEF[k][g] G_g."""
+        i = self.index[id(p)]
+        for k, coef in enumerate(COEF):
+            view = self.rows[k][i]
+            for g, w in enumerate(coef):
+                if w:
+                    view.add_(groups[g].to(view.dtype), alpha=w)
+
+    def name(self, p: torch.Tensor) -> str:
+        return self.names.get(id(p), "a parameter")
+
+
+# --- per-op autograd functions ------------------------------------------------------------------
+def _compute_dtype(x: torch.Tensor, low_precision: bool) -> torch.dtype:
+    """What autocast would run the op in: its lower dtype for matmul/conv, float32 for norms."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return x.dtype
+    return torch.get_autocast_dtype(x.device.type) if low_precision else torch.float32
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _by_group(t: torch.Tensor) -> torch.Tensor:
+    """[3n, ...] -> [3, n, ...] (a view when ``t`` is row-major in its first dim)."""
+    return t.reshape(3, t.shape[0] // 3, *t.shape[1:])
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, token, sink):  # noqa: ARG004 - token: see GroupedForward
+        dt = _compute_dtype(x, True)
+        xc, wc, bc = x.to(dt), weight.to(dt), _cast(bias, dt)
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.linear(xc, wc, bc)
+        ctx.save_for_backward(xc, wc)
+        ctx.sink, ctx.params = sink, (weight, bias)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        xc, wc = ctx.saved_tensors
+        weight, bias = ctx.params
+        gy = gy.to(wc.dtype)
+        gx = gy @ wc if ctx.needs_input_grad[0] else None
+        g3 = _by_group(gy).flatten(1, -2)  # [3, n*T, out]
+        ctx.sink.add(weight, torch.bmm(g3.transpose(1, 2), _by_group(xc).flatten(1, -2)))
+        if bias is not None:
+            ctx.sink.add(bias, g3.sum(1))
+        return gx, None, None, torch.zeros(()), None
+
+
+class _Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, token, sink, conv):  # noqa: ARG004
+        dt = _compute_dtype(x, True)
+        xc, wc, bc = x.to(dt), weight.to(dt), _cast(bias, dt)
+        with torch.autocast(x.device.type, enabled=False):
+            y = conv.fn(xc, wc, bc, conv.stride, conv.padding, conv.dilation, conv.groups)
+        ctx.save_for_backward(xc, wc)
+        ctx.sink, ctx.params, ctx.conv = sink, (weight, bias), conv
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        xc, wc = ctx.saved_tensors
+        weight, bias = ctx.params
+        c = ctx.conv
+        gy = gy.to(wc.dtype)
+
+        def conv_backward(g, x, mask):
+            return torch.ops.aten.convolution_backward(
+                g, x, wc, [wc.shape[0]] if bias is not None else None, c.stride, c.padding,
+                c.dilation, False, [0] * len(c.stride), c.groups, mask)
+
+        gx = conv_backward(gy, xc, [True, False, False])[0] if ctx.needs_input_grad[0] else None
+        parts = [conv_backward(g, x, [False, True, bias is not None])
+                 for g, x in zip(gy.chunk(3), xc.chunk(3), strict=True)]
+        ctx.sink.add(weight, torch.stack([p[1] for p in parts]))
+        if bias is not None:
+            ctx.sink.add(bias, torch.stack([p[2] for p in parts]))
+        return gx, None, None, torch.zeros(()), None, None
+
+
+@dataclass(frozen=True)
+class _ConvArgs:
+    fn: Callable
+    stride: list[int]
+    padding: list[int]
+    dilation: list[int]
+    groups: int
+
+
+class _Norm(torch.autograd.Function):
+    """layer_norm (normalised trailing dims) or group_norm (channel groups of dim 1)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, token, sink, spec):  # noqa: ARG004
+        xc = x.to(_compute_dtype(x, False))
+        wc, bc = _cast(weight, xc.dtype), _cast(bias, xc.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            if spec[0] == "layer":
+                y, mean, rstd = torch.ops.aten.native_layer_norm(xc, spec[1], wc, bc, spec[2])
+            else:
+                xc = xc.contiguous()
+                n, ch = xc.shape[:2]
+                y, mean, rstd = torch.ops.aten.native_group_norm(
+                    xc, wc, bc, n, ch, xc[0, 0].numel(), spec[1], spec[2])
+        ctx.save_for_backward(xc, wc, bc, mean, rstd)
+        ctx.sink, ctx.params, ctx.spec = sink, (weight, bias), spec
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        xc, wc, bc, mean, rstd = ctx.saved_tensors
+        weight, bias = ctx.params
+        kind, arg, _ = ctx.spec
+        gy = gy.to(xc.dtype)
+        if kind == "layer":
+            def norm_backward(g, x, m, r, mask):
+                return torch.ops.aten.native_layer_norm_backward(g, x, arg, m, r, wc, bc, mask)
+        else:
+            gy = gy.contiguous()
+
+            def norm_backward(g, x, m, r, mask):
+                n, ch = x.shape[:2]
+                return torch.ops.aten.native_group_norm_backward(
+                    g, x, m, r, wc, n, ch, x[0, 0].numel(), arg, mask)
+
+        gx = (norm_backward(gy, xc, mean, rstd, [True, False, False])[0]
+              if ctx.needs_input_grad[0] else None)
+        mask = [False, weight is not None, bias is not None]
+        parts = [norm_backward(*t, mask) for t in zip(gy.chunk(3), xc.chunk(3), mean.chunk(3),
+                                                      rstd.chunk(3), strict=True)]
+        if weight is not None:
+            ctx.sink.add(weight, torch.stack([p[1] for p in parts]))
+        if bias is not None:
+            ctx.sink.add(bias, torch.stack([p[2] for p in parts]))
+        return gx, None, None, torch.zeros(()), None, None
+
+
+# --- the mode ---------------------------------------------------------------------------------
+@dataclass
+class _Derived:
+    """A tensor computed from one parameter by parameter-only ops: ``fn(param)``."""
+
+    param: torch.Tensor
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    tensor: torch.Tensor  # kept alive so that its id stays unique during the forward
+
+
+class GroupedForward(TorchFunctionMode):
+    """Active during the backbone forward of a 3n-row batch; see the module docstring.
+
+    ``token`` is a 0-dim leaf every replaced op takes as an input (with a zero gradient), so a
+    backward with ``inputs=[token, *aliases]`` runs every replaced op's backward and accumulates
+    no gradient into any parameter's ``.grad``. After that backward, :meth:`finish` adds the
+    aliases' group sums into the rows.
+    """
+
+    def __init__(self, sink: RowSink, rows: int):
+        super().__init__()
+        if rows % 3:
+            raise ValueError(f"a one-pass forward takes 3 equal row groups, got {rows} rows")
+        self.sink, self.rows = sink, rows
+        self.token = torch.zeros((), requires_grad=True)
+        self.derived: dict[int, _Derived] = {}
+        self.aliases: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+
+    # tracked = a backbone parameter, or a tensor derived from one
+    def _source(self, t: object) -> _Derived | None:
+        if t in self.sink:
+            return _Derived(t, lambda q: q, t)
+        return self.derived.get(id(t)) if isinstance(t, torch.Tensor) else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        leaves, spec = tree_flatten((args, kwargs))
+        tracked = [self._source(t) for t in leaves]
+        if func in _BATCH_NORMS and _batch_norm_training(args, kwargs):
+            raise Unsupported("BatchNorm in training mode (it mixes the rows of a batch through "
+                              "its statistics)")
+        if not any(tracked):
+            return func(*args, **kwargs)
+        untracked = [t for t, s in zip(leaves, tracked, strict=True)
+                     if s is None and isinstance(t, torch.Tensor)]
+        batch = [t for t in untracked if t.dim() and t.shape[0] == self.rows]
+        if not batch:
+            if any(t.requires_grad for t in untracked):
+                names = sorted({self.sink.name(s.param) for s in tracked if s is not None})
+                raise Unsupported(f"{', '.join(names)} meets an activation whose first dim is "
+                                  f"not the batch in {_fname(func)}")
+            # parameter-only: a derived tensor (view, cast, resampling, expand, indexing...)
+            return self._derive(func, args, kwargs, leaves, spec, tracked)
+        if func is F.linear:
+            return self._replace(_Linear, args, kwargs, ("input", "weight", "bias"))
+        if func in (torch.conv1d, torch.conv2d):
+            return self._conv(func, args, kwargs)
+        if func is F.layer_norm:
+            return self._norm("layer", args, kwargs, ("input", "normalized_shape", "weight",
+                                                      "bias", "eps"), (None, None, None, None, 1e-5))
+        if func is F.group_norm:
+            return self._norm("group", args, kwargs, ("input", "num_groups", "weight", "bias",
+                                                      "eps"), (None, None, None, None, 1e-5))
+        if func in _ELEMENTWISE:
+            return self._per_row(func, leaves, spec, tracked, batch)
+        names = sorted({self.sink.name(s.param) for s in tracked if s is not None})
+        raise Unsupported(f"{', '.join(names)} used by {_fname(func)}, an op one-pass does not "
+                          "know how to split by row group")
+
+    def _derive(self, func, args, kwargs, leaves, spec, tracked):
+        sources = {id(s.param): s for s in tracked if s is not None}
+        out = func(*args, **kwargs)
+        fns = [s.fn if s is not None else None for s in tracked]
+        params = [s.param for s in sources.values()]
+
+        def fn(q, fns=fns, leaves=list(leaves), spec=spec, func=func):
+            if len(params) > 1:  # e.g. w1 @ w2: the group split would need both at once
+                names = ", ".join(self.sink.name(p) for p in params)
+                raise Unsupported(f"{names} combined by {_fname(func)} before meeting the batch")
+            new = [f(q) if f is not None else t for f, t in zip(fns, leaves, strict=True)]
+            a, kw = tree_unflatten(new, spec)
+            return func(*a, **kw)
+
+        if isinstance(out, torch.Tensor):
+            self.derived[id(out)] = _Derived(params[0], fn, out)
+        elif isinstance(out, (tuple, list)):  # chunk, split, unbind of a parameter
+            for i, t in enumerate(out):
+                if isinstance(t, torch.Tensor):
+                    self.derived[id(t)] = _Derived(params[0], lambda q, i=i: fn(q)[i], t)
+        return out
+
+    def _replace(self, fn_cls, args, kwargs, names, *extra):
+        a = _bind(args, kwargs, names, (None,) * len(names))
+        x, weight, bias = a["input"], a["weight"], a.get("bias")
+        for t, what in ((x, "the input"), (weight, "weight"), (bias, "bias")):
+            if t is not None and what != "the input" and t not in self.sink:
+                raise Unsupported(f"{self._label(t)} reaches {fn_cls.__name__.strip('_').lower()}"
+                                  f" as {what} through other ops (only a parameter itself is "
+                                  "supported there)")
+        if self._source(x) is not None:
+            raise Unsupported(f"{self._label(x)} is the input of {fn_cls.__name__}")
+        return fn_cls.apply(x, weight, bias, self.token, self.sink, *extra)
+
+    def _label(self, t) -> str:
+        s = self._source(t)
+        return self.sink.name(s.param) if s is not None else "an activation"
+
+    def _conv(self, func, args, kwargs):
+        a = _bind(args, kwargs, ("input", "weight", "bias", "stride", "padding", "dilation",
+                                 "groups"), (None, None, None, 1, 0, 1, 1))
+        dims = a["weight"].dim() - 2
+        if isinstance(a["padding"], str):
+            raise Unsupported(f"{self._label(a['weight'])}: convolution padding "
+                              f"{a['padding']!r} (only explicit padding is supported)")
+        conv = _ConvArgs(func, *(_expand(a[k], dims) for k in ("stride", "padding", "dilation")),
+                         a["groups"])
+        return self._replace(_Conv, (a["input"], a["weight"], a["bias"]), {},
+                             ("input", "weight", "bias"), conv)
+
+    def _norm(self, kind, args, kwargs, names, defaults):
+        a = _bind(args, kwargs, names, defaults)
+        arg = list(a[names[1]]) if kind == "layer" else int(a[names[1]])
+        if kind == "layer" and isinstance(a[names[1]], int):
+            arg = [a[names[1]]]
+        return self._replace(_Norm, (a["input"], a["weight"], a["bias"]), {},
+                             ("input", "weight", "bias"), (kind, arg, float(a["eps"])))
+
+    def _per_row(self, func, leaves, spec, tracked, batch):
+        """Replace each tracked argument by its per-row version from the group aliases."""
+        ndim = max(t.dim() for t in batch)
+        new = [self._rows_of(s, t, ndim, func) if s is not None else t
+               for s, t in zip(tracked, leaves, strict=True)]
+        a, kw = tree_unflatten(new, spec)
+        return func(*a, **kw)
+
+    def _rows_of(self, src: _Derived, t: torch.Tensor, ndim: int, func) -> torch.Tensor:
+        n = self.rows // 3
+        parts = []
+        for g, alias in enumerate(self._aliases(src.param)):
+            d = src.fn(alias)
+            if d.dim() < ndim:
+                d = d.reshape((1,) * (ndim - d.dim()) + tuple(d.shape))
+            if d.shape[0] == 1:
+                parts.append(d.expand(n, *d.shape[1:]))
+            elif d.shape[0] == self.rows:
+                parts.append(d[g * n:(g + 1) * n])
+            else:
+                raise Unsupported(f"{self.sink.name(src.param)} meets the batch in "
+                                  f"{_fname(func)} with shape {tuple(t.shape)}, which neither "
+                                  "broadcasts over the rows nor has one entry per row")
+        return torch.cat(parts)
+
+    def _aliases(self, p: torch.Tensor) -> list[torch.Tensor]:
+        if id(p) not in self.aliases:
+            self.aliases[id(p)] = (p, [p.detach().requires_grad_(True) for _ in range(3)])
+        return self.aliases[id(p)][1]
+
+    def inputs(self) -> list[torch.Tensor]:
+        """What the one backward must reach: the token and every alias."""
+        return [self.token] + [a for _, al in self.aliases.values() for a in al]
+
+    def finish(self) -> None:
+        """Add the aliases' group gradients into the rows (after the backward)."""
+        for p, aliases in self.aliases.values():
+            grads = [a.grad if a.grad is not None else torch.zeros_like(a) for a in aliases]
+            self.sink.add(p, torch.stack(grads))
+        self.aliases.clear()
+        self.derived.clear()
+
+
+def _batch_norm_training(args, kwargs) -> bool:
+    if "training" in kwargs:
+        return bool(kwargs["training"])
+    return len(args) > 5 and bool(args[5])
+
+
+def _bind(args, kwargs, names, defaults) -> dict:
+    out = dict(zip(names, defaults, strict=True))
+    out.update(zip(names, args))
+    out.update({k: v for k, v in kwargs.items() if k in out})
+    return out
+
+
+def _expand(v, dims: int) -> list[int]:
+    return [int(v)] * dims if isinstance(v, int) else [int(i) for i in v]
+
+
+def _fname(func) -> str:
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
