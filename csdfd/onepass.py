@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-#: row k of the buffer = sum_g COEF[k][g] * (group g's gradient); groups R, F, S (eq. 3 above)
-COEF = ((0.5, 1.0, 0.0), (0.5, 0.0, 1.0))
+#: row k of the buffer = G_{F or S} + REAL * G_R: g1 = G_R / 2 + G_F, g2 = G_R / 2 + G_S (eq. 3)
+REAL = 0.5
 
 _ELEMENTWISE = {
     torch.add, torch.sub, torch.mul, torch.div, torch.Tensor.add, torch.Tensor.sub,
@@ -60,24 +60,61 @@ class Unsupported(RuntimeError):
 
 
 class RowSink:
-    """Where group gradients go: parameter ``p``'s views into rows 0 and 1 of the buffer."""
+    """Where group gradients go: parameter ``p``'s views into rows 0 and 1 of the buffer.
+
+    The first write of a parameter in a step overwrites its rows (no zeroing pass, no
+    accumulation pass); a second use of the same parameter adds. :meth:`begin` starts a step,
+    :meth:`end` zeroes the rows of the parameters the step never reached.
+    """
 
     def __init__(self, params: list[torch.nn.Parameter], rows: list[list[torch.Tensor]],
                  names: dict[int, str]):
-        self.index = {id(p): i for i, p in enumerate(params)}
+        self.params, self.index = params, {id(p): i for i, p in enumerate(params)}
         self.rows, self.names = rows, names
+        self.written: set[int] = set()
 
     def __contains__(self, t: object) -> bool:
         return isinstance(t, torch.Tensor) and id(t) in self.index
 
+    def begin(self) -> None:
+        self.written = set()
+
+    def end(self, skip: set[int]) -> None:
+        """Zero the rows of every parameter neither written nor in ``skip`` (ids)."""
+        for p, *views in zip(self.params, *self.rows, strict=True):
+            if id(p) not in self.written and id(p) not in skip:
+                for view in views:
+                    view.zero_()
+
+    def _first(self, p: torch.Tensor) -> bool:
+        first = id(p) not in self.written
+        self.written.add(id(p))
+        return first
+
     def add(self, p: torch.Tensor, groups: torch.Tensor) -> None:
-        """``groups`` [3, *p.shape]: G_R, G_F, G_S; rows k += sum_g COEF[k][g] G_g."""
-        i = self.index[id(p)]
-        for k, coef in enumerate(COEF):
+        """``groups`` [3, *p.shape]: G_R, G_F, G_S; row k gets G_{1+k} + REAL * G_R."""
+        i, first = self.index[id(p)], self._first(p)
+        for k in range(2):
             view = self.rows[k][i]
-            for g, w in enumerate(coef):
-                if w:
-                    view.add_(groups[g].to(view.dtype), alpha=w)
+            mine, real = groups[1 + k].to(view.dtype), groups[0].to(view.dtype)
+            if first:
+                torch.add(mine, real, alpha=REAL, out=view)
+            else:
+                view.add_(mine).add_(real, alpha=REAL)
+
+    def linear(self, p: torch.Tensor, gy3: torch.Tensor, x3: torch.Tensor) -> None:
+        """A weight gradient ``sum_rows gy^T x`` per group, gy3 [3, m, out], x3 [3, m, in]:
+        G_R once, then each row in one GEMM (``addmm`` of G_R / 2), straight into the row."""
+        i = self.index[id(p)]
+        views = [self.rows[k][i] for k in range(2)]
+        fast = gy3.dtype == views[0].dtype and all(v.is_contiguous() for v in views)
+        if not fast or id(p) in self.written:
+            self.add(p, torch.bmm(gy3.transpose(1, 2), x3))
+            return
+        self.written.add(id(p))
+        real = gy3[0].t() @ x3[0]
+        for k, view in enumerate(views):
+            torch.addmm(real, gy3[1 + k].t(), x3[1 + k], beta=REAL, out=view)
 
     def name(self, p: torch.Tensor) -> str:
         return self.names.get(id(p), "a parameter")
@@ -118,7 +155,7 @@ class _Linear(torch.autograd.Function):
         gy = gy.to(wc.dtype)
         gx = gy @ wc if ctx.needs_input_grad[0] else None
         g3 = _by_group(gy).flatten(1, -2)  # [3, n*T, out]
-        ctx.sink.add(weight, torch.bmm(g3.transpose(1, 2), _by_group(xc).flatten(1, -2)))
+        ctx.sink.linear(weight, g3, _by_group(xc).flatten(1, -2))
         if bias is not None:
             ctx.sink.add(bias, g3.sum(1))
         return gx, None, None, torch.zeros(()), None
@@ -237,6 +274,7 @@ class GroupedForward(TorchFunctionMode):
         if rows % 3:
             raise ValueError(f"a one-pass forward takes 3 equal row groups, got {rows} rows")
         self.sink, self.rows = sink, rows
+        sink.begin()
         self.token = torch.zeros((), requires_grad=True)
         self.derived: dict[int, _Derived] = {}
         self.aliases: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}

@@ -63,6 +63,7 @@ class StreamGrads:
         self.model, self.fg = model, fg
         backbone_ids = {id(p) for p in model.backbone.parameters()}
         self.head_params = [p for p in fg.params if id(p) not in backbone_ids]
+        self.head_ids = {id(p) for p in self.head_params}
         names = {id(p): seg.name for p, seg in zip(fg.params, fg.segments, strict=True)}
         self.sink = RowSink(fg.params, fg.rows, names)
         self._mode: GroupedForward | None = None
@@ -107,14 +108,17 @@ class StreamGrads:
             self.fg.backward(losses, after_row)
             return
         fg = self.fg
-        fg.buf.zero_()
         for row, loss in enumerate(losses):  # the head: its own two small backward passes
             fg.point_grads(row)
+            for p in self.head_params:
+                p.grad.zero_()
             if self.head_params:
                 torch.autograd.backward(loss, inputs=self.head_params, retain_graph=True)
         fg.point_grads(0)
+        # the backbone: one backward; each weight gradient is written into its rows
         torch.autograd.backward(losses[0] + losses[1], inputs=mode.inputs())
         mode.finish()
+        self.sink.end(skip=self.head_ids)
         if after_row is not None:
             for row in range(fg.k):
                 after_row(row)

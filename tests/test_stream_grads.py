@@ -62,6 +62,10 @@ class Toy(nn.Module):
             self.gamma = nn.Parameter(torch.randn(8))
             self.gamma2 = nn.Parameter(torch.randn(8))
             self.fc = nn.Linear(8, 7)
+        elif kind == "shared":  # one Linear used twice (accumulates), one parameter unused
+            self.fc = nn.Linear(3 * SIZE * SIZE, 3 * SIZE * SIZE)
+            self.out = nn.Linear(3 * SIZE * SIZE, 7)
+            self.unused = nn.Parameter(torch.randn(5))
         self.width = 7 if kind != "conv1d" else 5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,6 +78,9 @@ class Toy(nn.Module):
             t = t + torch.nn.functional.gelu(t) * self.gamma
             t = t.clone().mul_(self.gamma2.reshape(1, 1, -1))
             return self.fc(t)[:, 0]
+        if self.kind == "shared":
+            h = x.flatten(1)
+            return self.out(self.fc(torch.tanh(self.fc(h))) + h)
         return self.layers(x)
 
 
@@ -85,7 +92,11 @@ def _detector(backbone: nn.Module, width: int) -> Detector:
 def _rows_by_autograd(model, fg, x, amp):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         losses = stream_losses(model(x))
-    return [torch.autograd.grad(loss, fg.params, retain_graph=True) for loss in losses]
+    grads = [torch.autograd.grad(loss, fg.params, retain_graph=True, allow_unused=True)
+             for loss in losses]
+    return [[torch.zeros_like(p) if g is None else g for p, g in zip(fg.params, row,
+                                                                   strict=True)]
+            for row in grads]
 
 
 def _check(model, n, channels_last=False, amp=False, size=SIZE):
@@ -99,6 +110,7 @@ def _check(model, n, channels_last=False, amp=False, size=SIZE):
     expect = _rows_by_autograd(model, fg, x, amp)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         losses = stream_losses(sg.forward(x))
+    fg.buf.fill_(float("nan"))  # every entry is written (or zeroed): nothing stale survives
     sg.backward(losses)
     for row in range(2):  # per parameter: the buffer holds channels_last ones as laid out
         got = torch.cat([v.reshape(-1) for v in fg.rows[row]])
@@ -113,7 +125,7 @@ def _check(model, n, channels_last=False, amp=False, size=SIZE):
 
 @pytest.mark.parametrize("n", [1, 3, 4])
 @pytest.mark.parametrize("kind", ["linear", "conv2d", "conv1d", "layernorm", "groupnorm",
-                                  "direct"])
+                                  "direct", "shared"])
 def test_one_pass_equals_autograd_per_loss(kind, n):
     toy = Toy(kind)
     _check(_detector(toy, toy.width), n)
