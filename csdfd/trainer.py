@@ -106,8 +106,6 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device)  # before the data: bad names fail fast
         self.model = self.dp.prepare(self.model, cfg.sync_bn)
-        self.bench = bench if bench is not None else load_benchmark(cfg)
-        self.steps_per_epoch = _steps_per_epoch(self.bench, cfg.batch_size * self.dp.world)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.mean, self.std = normalisation(self.model)
@@ -116,6 +114,8 @@ class Trainer:
             self.model, self.fg, cfg.stream_grads, img_size=cfg.img_size,
             channels_last=cfg.channels_last,
             log=(lambda m: None) if quiet or not self.dp.main else None)
+        self.bench = bench if bench is not None else load_benchmark(cfg)
+        self.steps_per_epoch = _steps_per_epoch(self.bench, cfg.batch_size * self.dp.world)
         # torchrun, exact: the term of the global stream gradients (csdfd.cgr_exact)
         reduce = self.dp.mean_ if self.dp.active and self.dp.mode == "exact" else None
         self.cgr = CGRGradient(self.fg, st.cgr, cfg.cgr_grad, self.tau, cfg.cgr_weight, reduce)
