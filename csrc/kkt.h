@@ -24,6 +24,7 @@ constexpr double kRidge = 1e-14;
 constexpr double kKktTol = 1e-13;
 constexpr int kPolishRounds = 2;
 constexpr int kNnlsRounds = 3;
+constexpr int kNnlsRefine = 2;
 constexpr double kEps64 = 2.220446049250313e-16;
 
 CSDFD_HD inline double dmax(double a, double b) { return a > b ? a : b; }  // dmax(nan, b) = b
@@ -122,6 +123,16 @@ CSDFD_HD inline void nnls(const double* h, const double* q, int k, double tol, d
       s |= 1u << jmax;
     }
     solve_on(h, k, s, negq, 1, tol, z);
+    for (int it = 0; it < kNnlsRefine; ++it) {  // iterated Tikhonov (solver.NNLS_REFINE)
+      double res[kMaxStreams], dz[kMaxStreams];
+      for (int i = 0; i < k; ++i) {
+        double hz = 0;
+        for (int j = 0; j < k; ++j) hz += h[i * k + j] * z[j];
+        res[i] = -q[i] - hz;
+      }
+      solve_on(h, k, s, res, 1, tol, dz);
+      for (int i = 0; i < k; ++i) z[i] += dz[i];
+    }
     bool fits = true;
     double t = 1.0;
     for (int j = 0; j < k; ++j) {

@@ -283,5 +283,6 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyModule_AddObject(mod, "KKT_TOL", PyFloat_FromDouble(csdfd::kKktTol));
   PyModule_AddIntConstant(mod, "POLISH_ROUNDS", csdfd::kPolishRounds);
   PyModule_AddIntConstant(mod, "NNLS_ROUNDS", csdfd::kNnlsRounds);
+  PyModule_AddIntConstant(mod, "NNLS_REFINE", csdfd::kNnlsRefine);
   return mod;
 }

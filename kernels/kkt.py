@@ -14,6 +14,7 @@ RIDGE = tl.constexpr(1e-14)
 KKT_TOL = tl.constexpr(1e-13)
 POLISH_ROUNDS = tl.constexpr(2)
 NNLS_ROUNDS = tl.constexpr(3)
+NNLS_REFINE = tl.constexpr(2)
 EPS64 = tl.constexpr(2.220446049250313e-16)
 INF = tl.constexpr(float("inf"))
 
@@ -89,6 +90,10 @@ def nnls(H, q, tol, valid, rows, cols, k, KP: tl.constexpr):
             j = tl.min(tl.where(cand & (w == top), lanes, KP), axis=0)
             s = s | (live & (pending == 0) & (lanes == j))
             z, _z = solve_on(H, -q, -q, s, tol, rows, cols, KP)
+            for _r in tl.static_range(NNLS_REFINE):  # iterated Tikhonov (solver.NNLS_REFINE)
+                res = -q - tl.sum(H * z[None, :], axis=1)
+                dz, _dz = solve_on(H, res, res, s, tol, rows, cols, KP)
+                z = z + dz
             bad = s & (z <= 0)
             fits = tl.sum(bad.to(tl.int32), axis=0) == 0
             gap = x - z
@@ -137,10 +142,14 @@ def face2(a, m, d, b0, b1, r, s0, s1):
 @triton.jit
 def nnls2(a, d, b0, b1, tol):
     """nnls for K = 2 (H = G, q = b): Lawson-Hanson frees the stream j with b_j < -tol (at most
-    one: b_0 + b_1 = ||g0||^2 >= 0), x_j = -b_j / (G_jj + tol) (tol is also the ridge), and
-    stops there, because the other stream's gain (a d - m^2) / G_jj is >= 0. Returns (x0, x1)."""
+    one: b_0 + b_1 = ||g0||^2 >= 0), x_j = -b_j / (G_jj + tol) (tol is also the ridge) refined
+    NNLS_REFINE times, and stops there, because the other stream's gain (a d - m^2) / G_jj is
+    >= 0. Returns (x0, x1)."""
     first = (-b0 > tol) & (-b0 >= -b1)
     second = (-b1 > tol) & (first == 0)
     x0 = tl.where(first, -b0 / (a + tol), 0.0)
     x1 = tl.where(second, -b1 / (d + tol), 0.0)
+    for _r in tl.static_range(NNLS_REFINE):  # iterated Tikhonov (solver.NNLS_REFINE)
+        x0 = tl.where(first, x0 + (-b0 - a * x0) / (a + tol), 0.0)
+        x1 = tl.where(second, x1 + (-b1 - d * x1) / (d + tol), 0.0)
     return x0, x1

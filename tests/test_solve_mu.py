@@ -167,7 +167,7 @@ def test_triton_solver_constants_match_reference():
 
     assert kkt.RIDGE.value == kk.RIDGE and kkt.KKT_TOL.value == kk.KKT_TOL
     assert kkt.POLISH_ROUNDS.value == kk.POLISH_ROUNDS
-    assert kkt.NNLS_ROUNDS.value == kk.NNLS_ROUNDS
+    assert kkt.NNLS_ROUNDS.value == kk.NNLS_ROUNDS and kkt.NNLS_REFINE.value == kk.NNLS_REFINE
     assert ksolve.TINY.value == kk._TINY
     assert ksolve.NNLS_TOL.value == kk.nnls_tol(2.0**-24)
 

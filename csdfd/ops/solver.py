@@ -56,6 +56,9 @@ EXACT_ITERS = 64
 #: Active-set rounds of the exact finish and of NNLS, per stream (K x these).
 POLISH_ROUNDS = 2
 NNLS_ROUNDS = 3
+#: Refinement steps after each ridged NNLS solve (iterated Tikhonov): they remove the ridge's
+#: bias where G resolves the solution (by (ridge / eigenvalue)^steps) and keep it where not.
+NNLS_REFINE = 2
 #: Ridge added to the diagonal of the (trace-normalised) face systems of the dual, so an exactly
 #: dependent set of rows still gives a finite answer (NNLS uses its own, :func:`nnls_tol`).
 RIDGE = 1e-14
@@ -281,6 +284,8 @@ def nnls(h: torch.Tensor, q: torch.Tensor, tol: float = KKT_TOL) -> torch.Tensor
         free = live & ~pending
         s = s | (free & (idx == torch.argmax(torch.where(cand, w, ninf))))
         z = solve_on(h, -q, s, tol)
+        for _ in range(NNLS_REFINE):
+            z = z + solve_on(h, -q - h @ z, s, tol)
         bad = s & (z <= 0)
         fits = ~bad.any()
         gap = x - z
