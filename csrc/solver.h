@@ -105,7 +105,10 @@ CSDFD_HD inline void solve_pgd(const double* gn, int k, double c, int iters, dou
     }
     for (int i = 0; i < k; ++i) q += y[i] * gy[i];
     const double nw = CSDFD_SQRT(dmax(q, 0.0));  // ||gw(y)||
-    for (int j = 0; j < k; ++j) grad[j] = b[j] + r * gy[j] / dmax(nw, kTiny);
+    for (int j = 0; j < k; ++j) {  // g_j . gw / ||gw|| within its bound ||g_j||
+      const double nj = CSDFD_SQRT(dmax(gn[j * k + j], 0.0));
+      grad[j] = b[j] + r * dmin(dmax(gy[j] / dmax(nw, kTiny), -nj), nj);
+    }
     const double f_y = psi(gn, b, r, y, k);
     bool moved = false;
     double f_new = f_y, ladder = 2.0;  // 2^(1-i): exact powers of two

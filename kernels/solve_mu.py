@@ -69,8 +69,9 @@ def _momentum(new, f_new, mu, f_mu, t):
 
 
 @triton.jit
-def _pgd(G, b, r, valid, k, iters, beta0, beta_max, NB: tl.constexpr):
-    """FISTA-accelerated projected gradient with backtracking (solver.pgd), float64."""
+def _pgd(G, b, r, valid, norms, k, iters, beta0, beta_max, NB: tl.constexpr):
+    """FISTA-accelerated projected gradient with backtracking (solver.pgd), float64; ``norms``:
+    ||g_j||, the bound on g_j . gw / ||gw||."""
     lanes = tl.arange(0, NB)
     mu = tl.where(valid, 1.0, 0.0).to(tl.float64) / k
     f_mu = _psi(G, b, r, mu)
@@ -82,7 +83,7 @@ def _pgd(G, b, r, valid, k, iters, beta0, beta_max, NB: tl.constexpr):
     for _ in range(iters):
         gy = _matvec(G, y)
         nw = tl.sqrt(tl.maximum(tl.sum(gy * y, axis=0), 0.0))
-        grad = b + r * gy / tl.maximum(nw, TINY)
+        grad = b + r * tl.minimum(tl.maximum(gy / tl.maximum(nw, TINY), -norms), norms)
         f_y = _psi(G, b, r, y)
         betas = beta * ladder
         cand = _project_rows(y[None, :] - betas[:, None] * grad[None, :], valid)
@@ -192,6 +193,8 @@ def _pgd2(a, m, d, b0, b1, r, iters, beta0, beta_max, NB: tl.constexpr):
     and the loop stops at the first accepted one (usually the first or second): the same choice.
     """
     slack = 16 * EPS64 * (b0 + b1 + 1.0)
+    n0 = tl.sqrt(tl.maximum(a, 0.0))
+    n1 = tl.sqrt(tl.maximum(d, 0.0))
     t_mu = a * 0.0 + 0.5
     f_mu = _psi2(a, m, d, b0, b1, r, t_mu, 1.0 - t_mu)
     t_y = t_mu
@@ -200,8 +203,10 @@ def _pgd2(a, m, d, b0, b1, r, iters, beta0, beta_max, NB: tl.constexpr):
     for _ in range(iters):
         gy0 = a * t_y + m * (1 - t_y)
         gy1 = m * t_y + d * (1 - t_y)
-        nw = tl.sqrt(tl.maximum(t_y * gy0 + (1 - t_y) * gy1, 0.0))
-        gd = (b0 - b1) + r * (gy0 - gy1) / tl.maximum(nw, TINY)  # grad0 - grad1
+        nw = tl.maximum(tl.sqrt(tl.maximum(t_y * gy0 + (1 - t_y) * gy1, 0.0)), TINY)
+        u0 = tl.minimum(tl.maximum(gy0 / nw, -n0), n0)  # g_j . gw / ||gw|| within ||g_j||
+        u1 = tl.minimum(tl.maximum(gy1 / nw, -n1), n1)
+        gd = (b0 - b1) + r * (u0 - u1)  # grad0 - grad1
         f_y = _psi2(a, m, d, b0, b1, r, t_y, 1.0 - t_y)
         tol = slack * (1.0 + tl.abs(f_y))
         t_new = t_y
@@ -361,7 +366,9 @@ def solve_and_combine(G, rows, cols, k, c, iters, beta0, beta_max, rel,
         mu = tl.where(rows == 0, u0, tl.where(rows == 1, u1, 0.0))
         alpha = tl.where(rows == 0, al0, tl.where(rows == 1, al1, 0.0))
     else:
-        mu = _pgd(gn, b, r, valid, k, iters, beta0, beta_max, NB)
+        norms = tl.sqrt(tl.maximum(tl.sum(tl.where(rows[:, None] == cols[None, :], gn, 0.0), 1),
+                                   0.0))
+        mu = _pgd(gn, b, r, valid, norms, k, iters, beta0, beta_max, NB)
         mu, inv = _polish(gn, b, r, mu, valid, rows, cols, k, KP)
         alpha, stationary = _weights(gn, b, r, mu, inv, valid, rows, cols, k, KP)
     mu = tl.where(finite, mu, tl.where(valid, 1.0, 0.0).to(tl.float64) / k)

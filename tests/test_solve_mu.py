@@ -161,6 +161,17 @@ def test_dual_gap_up_to_eight_streams(backend, device, k):
             assert psi(gn, mu, c) - fam.dual_optimum(gn, c) <= 1e-9 * gn.sum(), (c, k)
 
 
+@pytest.mark.parametrize("backend,device", BACKEND_CASES)
+@pytest.mark.parametrize("name,k,seed,c", [("weak", 3, 1, 1.0), ("hull_zero", 5, 0, 2.0)])
+def test_mu_stays_on_the_simplex_at_stationary_points(backend, device, name, k, seed, c):
+    """Float32 Gram matrices of stationary rows are indefinite to ~u, so ||gw|| rounds to 0 near
+    the optimum; the gradient's g_j . gw / ||gw|| then blew up and the projection returned
+    mu = 0 (off the simplex). It is now kept within |g_j . gw| <= ||g_j|| ||gw||."""
+    gram = reference.gram(fam.family(name, k, 12, seed).float())
+    mu = ops.solve_mu(gram.to(device), c, backend=backend).cpu().double()
+    assert float(mu.min()) >= 0 and abs(float(mu.sum()) - 1) <= 1e-6, mu
+
+
 def test_triton_solver_constants_match_reference():
     pytest.importorskip("triton")
     from csdfd.kernels import kkt, solve_mu as ksolve

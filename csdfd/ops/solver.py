@@ -107,11 +107,14 @@ def pgd(gn: torch.Tensor, c: float, iters: int, beta0: float) -> torch.Tensor:
     - y: Nesterov extrapolation (FISTA) with a restart whenever psi goes up (O'Donoghue and
       Candes), so the iterates are monotone.
 
-    If no step passes (a kink at gw = 0), mu stays put.
+    If no step passes (a kink at gw = 0), mu stays put. The gradient's second term
+    g_j . gw / ||gw|| is kept within its bound ||g_j|| (Cauchy-Schwarz), which rounding near
+    gw = 0 would break.
     """
     k = gn.shape[0]
     b = gn.sum(0)
     r = c * b.sum().clamp_min(0).sqrt()
+    norms = gn.diagonal().clamp_min(0).sqrt()
     mu = torch.full((k,), 1.0 / k, dtype=F64, device=gn.device)
     f_mu = psi(gn, b, r, mu)
     y, t = mu, gn.new_tensor(1.0)
@@ -121,7 +124,9 @@ def pgd(gn: torch.Tensor, c: float, iters: int, beta0: float) -> torch.Tensor:
     for _ in range(iters):
         gy = gn @ y
         nw = (y @ gy).clamp_min(0).sqrt()  # ||gw(y)||
-        grad = b + r * gy / nw.clamp_min(_TINY)
+        # g_j . gw / ||gw||, within its Cauchy-Schwarz bound ||g_j||: at gw ~ 0 rounding (a
+        # float32 Gram is indefinite to ~u) would otherwise make it unbounded
+        grad = b + r * torch.minimum(torch.maximum(gy / nw.clamp_min(_TINY), -norms), norms)
         f_y = psi(gn, b, r, y)
         betas = beta * ladder  # [B] candidate steps, largest first
         cand = project_simplex(y - betas[:, None] * grad)  # [B, K]
