@@ -225,8 +225,8 @@ def block_params(kp: int, interpret: bool = False) -> dict:
     Its last program also runs the float64 K x K solve, which alone would take 94 registers
     (K = 2; 214 for K = 3..8), so pass 1 is capped at ``maxnreg1``: 64 for K = 2 (4 programs
     fit on an SM) and 128 otherwise (2 programs, as before the float64 solve). ptxas then
-    spills only inside the solve, after the ticket, never in the streaming loop
-    (tests/test_triton_compile.py checks the SASS).
+    spills in the solve, after the ticket, and at most a few values around the streaming
+    loops, never inside them (tests/test_triton_compile.py checks the SASS).
     Pass 2 holds a [KP, BLOCK2] tile: 4096 elements, 16 a thread at 8 warps (64 registers for
     K = 2 fp32, sm_90 ptxas; 123 at 4 warps).
     RBLOCK covers the usual 4 programs per SM in one load when K = 2.

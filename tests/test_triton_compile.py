@@ -40,7 +40,8 @@ def test_all_kernel_variants_compile_for_sm90():
             line = ok[f"pass1-{dt}-K2-aligned-exact{exact}"]
             assert _field(line, "regs") <= 64, line
             # The float64 solve needs more, so pass 1 is capped (maxnreg): ptxas may spill in
-            # the solve, which runs once per step after the ticket, never while streaming.
+            # the solve, which runs once per step after the ticket, never inside the
+            # streaming loops.
             assert _field(line, "spill") <= 0, line
         for k in (3, 5):  # 2 programs of 8 warps per SM, as before the float64 solve
             line = ok[f"pass1-{dt}-K{k}-aligned-exact0"]

@@ -2,8 +2,8 @@
 without TRITON_INTERPRET (the interpreter replaces @triton.jit functions); prints one line per
 variant: ``ok NAME vld=N vst=M regs=R spill=S`` (N, M: 128-bit global loads / stores in the PTX;
 R: registers a thread from ptxas for the K = 2 aligned variants and pass 1 of K = 3, 5, else -1;
-S: local-memory loads and stores (spills) in the SASS before pass 1's ticket atomic, i.e. in
-the streaming part, -1 where not measured) or ``FAIL NAME: error``.
+S: local-memory loads and stores (spills) inside the streaming loops of pass 1, before its ticket
+atomic, -1 where not measured) or ``FAIL NAME: error``.
 Used by tests/test_triton_compile.py.
 
 Block sizes come from the launcher (``block_params``). Pointers are compiled as 16-byte aligned
@@ -73,8 +73,8 @@ def _tool(name: str) -> str:
 
 
 def registers(ptx: str) -> tuple[int, int]:
-    """(registers a thread per ``ptxas -v``, local loads/stores in the SASS before the first
-    global atomic), each -1 if the tool (ptxas, cuobjdump: both ship with Triton) is missing."""
+    """(registers a thread per ``ptxas -v``, :func:`loop_spills` of the SASS), each -1 if the
+    tool (ptxas, cuobjdump: both ship with Triton) is missing."""
     if not os.path.exists(_tool("ptxas")):
         return -1, -1
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,11 +89,29 @@ def registers(ptx: str) -> tuple[int, int]:
         except (OSError, subprocess.SubprocessError):
             return -1, -1
     found = re.search(r"Used (\d+) registers", out)
-    lines = sass.splitlines()
-    ticket = next((i for i, line in enumerate(lines) if "ATOMG" in line), None)
-    spill = -1 if ticket is None else sum(
-        1 for line in lines[:ticket] if re.search(r"\b(STL|LDL)", line))
-    return (int(found.group(1)) if found else -1), spill
+    return (int(found.group(1)) if found else -1), loop_spills(sass)
+
+
+def loop_spills(sass: str) -> int:
+    """Local-memory loads/stores (spills) inside a loop before the first global atomic (pass 1's
+    ticket), i.e. in the streaming loops; -1 without an atomic. A loop is the span from a
+    backward branch's target to the branch. (A value spilled around a loop costs one store and
+    one load per program and is not counted.)"""
+    ops = []  # (address, text)
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s*(.*)", line)
+        if m:
+            ops.append((int(m.group(1), 16), m.group(2)))
+    ticket = next((a for a, text in ops if "ATOMG" in text), None)
+    if ticket is None:
+        return -1
+    loops = []
+    for addr, text in ops:
+        m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) < addr < ticket:
+            loops.append((int(m.group(1), 16), addr))
+    return sum(1 for addr, text in ops if re.search(r"\b(STL|LDL)", text)
+               and any(lo <= addr <= hi for lo, hi in loops))
 
 
 def main() -> int:
