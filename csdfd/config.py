@@ -15,6 +15,7 @@ The resolved config is written to ``OUT/config.yaml`` and stored in every checkp
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,11 @@ class Config:
     mode: str = _f("csdfd", "O | S | OS | csdfd | uvs | cgr (paper Tables II and III)")
     c: float = _f(0.5, "UVS trust-region size c (eq. 11; paper: 0.5)")
     tau: float = _f(0.01, "CGR Fisher scale tau (eq. 24; paper: 0.01)")
+    cgr_grad: str = _f("eq24", "phi's conflict-descent gradient: 'eq24' (paper, diagonal-Fisher "
+                       "approximation) or 'exact' (dL_phi/dtheta_p by double backward through "
+                       "phi and the classifier; csdfd.cgr_exact)")
+    cgr_weight: float = _f(1.0, "weight of the exact dL_phi/dtheta_p under cgr_grad=exact (1: "
+                           "eq. 19's L1 + L2 + L_phi; eq24 is scaled by tau instead)")
     solver: str = _f("pgd", "mu solver: 'pgd' (paper eq. 16) or 'exact' (K = 2 closed form)")
     mu_iters: int | None = _f(None, "iterations of the mu solver (None: the op's default)")
     backend: str = _f("reference", "gradient-op backend: reference | cpp | cuda | triton | auto "
@@ -95,6 +101,14 @@ class Config:
     log_every: int = _f(10, "steps between host reads of the losses and UVS/CGR diagnostics")
     max_nonfinite: int = _f(20, "stop after this many consecutive non-finite steps")
     tensorboard: bool = _f(False, "also log to TensorBoard in OUT/tb (needs `tensorboard`)")
+    # --- several processes (torchrun; csdfd.distributed) ---
+    dist_uvs: str = _f("exact", "under torchrun: 'exact' (UVS/CGR on the global gradients: the "
+                       "[2, P] buffer is all-reduced) or 'local' (per-rank UVS/CGR, only the "
+                       "combined row averaged: half the traffic, an approximation)")
+    sync_bn: bool = _f(False, "under torchrun: SyncBatchNorm (GPU only; default: per-rank BN "
+                       "statistics, as DDP)")
+    dist_timeout: float = _f(300.0, "seconds a rank waits for the others before it stops with "
+                             "an error naming the rank that did not answer")
 
     def validate(self) -> Config:
         """Raise ValueError naming the first bad field and the fix; returns self."""
@@ -104,6 +118,10 @@ class Config:
              f"quality must be raw, c23 or c40, got {self.quality!r}"),
             (self.c >= 0, f"c must be non-negative, but got {self.c}"),
             (self.tau >= 0, f"tau must be non-negative, but got {self.tau}"),
+            (self.cgr_grad in ("eq24", "exact"),
+             f"cgr_grad must be eq24 or exact, got {self.cgr_grad!r}"),
+            (0 <= self.cgr_weight < float("inf"),
+             f"cgr_weight must be finite and non-negative, but got {self.cgr_weight}"),
             (self.proj_depth >= 0, f"proj_depth must be >= 0, got {self.proj_depth}"),
             (self.proj_depth > 0 or self.mode not in ("csdfd", "cgr"),
              f"mode {self.mode!r} applies CGR to the projection layer: set proj_depth >= 1"),
@@ -124,6 +142,9 @@ class Config:
             (self.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {self.max_nonfinite}"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.dist_uvs in ("exact", "local"),
+             f"dist_uvs must be exact or local, got {self.dist_uvs!r}"),
+            (self.dist_timeout > 0, f"dist_timeout must be > 0 seconds, got {self.dist_timeout}"),
             (min(self.synth_train_ids, self.synth_val_ids, self.synth_test_ids) >= 2,
              "synth_*_ids must be >= 2 (a swap needs two identities per split)"),
             (min(self.synth_frames, self.synth_eval_frames) >= 1, "synth_*frames must be >= 1"),
@@ -155,8 +176,64 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
 
+def unknown_hint(name: str, known: list[str]) -> str:
+    """``name`` quoted, with the closest known name when there is one ("did you mean lr?")."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"{name!r}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false",
+             "str": "a string", "list[str]": "a list of strings"}
+
+
+def _as(kind: str, value: Any) -> Any:
+    """``value`` as ``kind`` when the conversion is unambiguous, else raise TypeError."""
+    if isinstance(value, bool) != (kind == "bool"):  # True is an int in Python, not here
+        raise TypeError
+    if kind == "bool" or (kind == "str" and isinstance(value, str)):
+        return value
+    if kind == "int":
+        if isinstance(value, str):  # "3" or "2.0": a quoted YAML value or a flag
+            try:
+                value = int(value)
+            except ValueError:
+                value = float(value)
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)  # 2.0 -> 2; 1.5 stays an error
+    if kind == "float" and isinstance(value, (int, float, str)):
+        return float(value)  # PyYAML reads 1e-3 (no dot) as the string "1e-3"
+    if kind == "list[str]":
+        items = [value] if isinstance(value, str) else value  # one set without brackets
+        if isinstance(items, list) and all(isinstance(v, str) for v in items):
+            return list(items)
+    raise TypeError
+
+
+def coerce(name: str, value: Any, where: str = "") -> Any:
+    """``value`` as the type of Config field ``name``.
+
+    Unambiguous conversions only: an integral number to an int (2.0), a number or numeric
+    string to a float ("1e-3"), one string to a one-item list, "none"/"null" to None where the
+    field is optional. Anything else raises ValueError naming ``where`` (e.g. the YAML file),
+    the field, the expected type and the value.
+    """
+    kind = Config.__dataclass_fields__[name].type
+    optional = kind.endswith(" | None")
+    kind = kind.removesuffix(" | None")
+    if optional and (value is None or (isinstance(value, str)
+                                       and value.strip().lower() in ("none", "null", ""))):
+        return None
+    try:
+        return _as(kind, value)
+    except (TypeError, ValueError):
+        expected = _EXPECTED[kind] + (" or null" if optional else "")
+        hint = " (quote it in YAML)" if kind == "str" and value is not None else ""
+        raise ValueError(f"{where}{name} must be {expected}, got {value!r}{hint}") from None
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping of Config fields; errors name the file and the bad key."""
+    """Read a YAML mapping of Config fields, typed (:func:`coerce`); errors name the file, the
+    bad key and the fix."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -166,27 +243,29 @@ def load_yaml(path: str | Path) -> dict:
         raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of field: value")
-    unknown = sorted(set(data) - set(field_names()))
+    _check_known(data, f"config file {path}: ")
+    return {k: coerce(k, v, f"config file {path}: ") for k, v in data.items()}
+
+
+def _check_known(values: dict, where: str) -> None:
+    unknown = [str(k) for k in values if k not in Config.__dataclass_fields__]
     if unknown:
-        raise ValueError(f"config file {path}: unknown field(s) {unknown}; see --help")
-    return data
+        names = ", ".join(unknown_hint(k, field_names()) for k in unknown)
+        raise ValueError(f"{where}unknown field(s) {names}; the fields are the --help flags "
+                         "with _ for -")
 
 
 def resolve(overrides: dict, base: dict | None = None) -> Config:
     """Build a validated Config: ``base`` (a checkpoint's config) or the defaults plus the
-    synthetic preset, then ``overrides`` (YAML values updated by flags)."""
-    unknown = sorted(set(overrides) - set(field_names()))
-    if unknown:
-        raise ValueError(f"unknown config field(s) {unknown}")
+    synthetic preset, then ``overrides`` (YAML values updated by flags), every value typed by
+    :func:`coerce`."""
+    _check_known(overrides, "")
     if base is None:
         base = Config().to_dict()
         if overrides.get("data", base["data"]) == "synthetic":
             base.update(SYNTHETIC_PRESET)
     values = {**base, **overrides}
-    for f in dataclasses.fields(Config):  # YAML ints for float fields, etc.
-        if f.type == "float" and isinstance(values[f.name], int):
-            values[f.name] = float(values[f.name])
-    return Config(**{k: values[k] for k in field_names()}).validate()
+    return Config(**{k: coerce(k, values[k]) for k in field_names()}).validate()
 
 
 def dump_yaml(cfg: Config, path: str | Path) -> None:

@@ -9,7 +9,13 @@ dataset/method/video id, so that two methods' ``000_003`` never merge. Sets are 
 training (:mod:`csdfd.data.frames`: ``NAME:FACES`` from ``python -m csdfd.preprocess``, or
 ``deepfakebench:FILE.json``); their test split is used (``--split`` for another). ``--data``
 marks the in-domain set; without ``--data`` / ``--test`` the sets of the checkpoint's training
-config are used. The table is printed and written to OUT/eval.md and OUT/eval.json.
+config are used. A checkpoint trained on the embedded synthetic benchmark
+(``python -m csdfd.evaluate runs/demo/best.pt``) has it re-rendered from its config (same seed
+and sizes, so the same images) and is evaluated on its in-domain test set and every target
+(frame level only: synthetic frames form no videos). The table is printed and written to
+OUT/eval.md and OUT/eval.json; ``--save-scores`` adds OUT/scores-SET.csv (one line per video)
+and OUT/frames-SET.csv (one line per frame). OUT is made only once every set is evaluated, so
+a failed evaluation leaves nothing behind.
 
 Memory stays bounded whatever the set size: frames are read by DataLoader workers batch by
 batch and only one float per frame (its score) is kept.
@@ -27,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.faces import input_config
 from .data.frames import DiskFrames, open_faces
-from .data.sbi import SBIConfig
 from .inference import to_input
 from .metrics import METRICS, frame_metrics, mean_over
 from .models import normalisation
@@ -81,9 +87,15 @@ def video_scores(frames: DiskFrames, scores: np.ndarray) -> tuple[np.ndarray, np
     return labels, sums / np.maximum(counts, 1)
 
 
-def _methods(frames: DiskFrames, scores: np.ndarray) -> dict[str, float]:
-    """Frame AUC of all reals against each fake method (FF++'s per-method view)."""
-    method = np.array([frames.videos[i].method for i in frames.video])
+def _methods(frames, scores: np.ndarray) -> dict[str, float]:
+    """Frame AUC of all reals against each fake method (FF++'s per-method view; the forgery
+    family of a synthetic frame)."""
+    if isinstance(frames, DiskFrames):
+        method = np.array([frames.videos[i].method for i in frames.video])
+    elif getattr(frames, "kinds", None) is not None:
+        method = np.asarray(frames.kinds)
+    else:
+        return {}
     fakes = sorted({m for m, y in zip(method, frames.labels, strict=True) if y == 1})
     if len(fakes) < 2:
         return {}
@@ -92,14 +104,19 @@ def _methods(frames: DiskFrames, scores: np.ndarray) -> dict[str, float]:
                              scores[real | (method == m)])["auc"] for m in fakes}
 
 
-def evaluate_set(model, frames: DiskFrames, args) -> tuple[dict, np.ndarray]:
+def evaluate_set(model, frames, args) -> tuple[dict, np.ndarray]:
+    """Metrics of one set (frame level; video level for :class:`DiskFrames`) and the frame
+    scores."""
     scores = frame_scores(model, frames, args.batch_size, args.workers, args.amp,
                           args.channels_last, progress=not args.quiet)
-    vlabels, vscores = video_scores(frames, scores)
-    result = {"frame": frame_metrics(frames.labels, scores),
-              "video": frame_metrics(vlabels, vscores), "videos": len(frames.keys),
+    if isinstance(frames, DiskFrames):
+        vlabels, vscores = video_scores(frames, scores)
+        video, videos = frame_metrics(vlabels, vscores), len(frames.keys)
+    else:
+        video, videos = {m: math.nan for m in METRICS}, None
+    result = {"frame": frame_metrics(frames.labels, scores), "video": video, "videos": videos,
               "frames": len(frames), "methods": _methods(frames, scores)}
-    return result, vscores
+    return result, scores
 
 
 def table(results: dict[str, dict], targets: list[str]) -> str:
@@ -113,13 +130,47 @@ def table(results: dict[str, dict], targets: list[str]) -> str:
 
     for name, r in results.items():
         cells = [pct(r[level][m]) for level in ("frame", "video") for m in METRICS]
-        lines.append(f"| {name} | {r['videos']} | {r['frames']} | " + " | ".join(cells) + " |")
+        videos = "-" if r["videos"] is None else r["videos"]
+        lines.append(f"| {name} | {videos} | {r['frames']} | " + " | ".join(cells) + " |")
     if targets:
         mean = {level: mean_over({t: results[t][level] for t in targets}, targets)
                 for level in ("frame", "video")}
         cells = [pct(mean[level][m]) for level in ("frame", "video") for m in METRICS]
         lines.append("| cross-domain mean | | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _real_sets(args: argparse.Namespace, cfg) -> list[tuple[str, bool, DiskFrames, str]]:
+    """(label, is a target, frames, spec) of every --data / --test set (or the run's), all
+    opened before any is evaluated, so that a bad spec fails first."""
+    data = args.data if (args.data or args.test) else (None if cfg.data == "synthetic"
+                                                         else cfg.data)
+    tests = args.test or ([] if args.data else list(getattr(cfg, "test", []) or []))
+    crop = input_config(cfg.img_size)
+    sets: list[tuple[str, bool, DiskFrames, str]] = []
+    for role, spec in ([(IN_DOMAIN, data)] if data else []) + [(None, t) for t in tests]:
+        name, videos = open_faces(spec, args.quality or getattr(cfg, "quality", None))
+        videos = [v for v in videos if v.split == args.split]
+        if not videos:
+            raise ValueError(f"{spec}: no videos in its {args.split} split")
+        label = role or name
+        if label in [s[0] for s in sets]:
+            raise ValueError(f"{spec}: set {label!r} is given twice")
+        sets.append((label, role is None, DiskFrames(videos, cfg=crop), spec))
+    return sets
+
+
+def _synthetic_sets(args: argparse.Namespace, cfg) -> list[tuple[str, bool, object, str]]:
+    """The embedded benchmark of a synthetic run, re-rendered from its config: the in-domain
+    test set and every cross-domain target."""
+    from .data.synthetic import SyntheticSpec, make_benchmark
+
+    if args.split != "test":
+        raise ValueError(f"--split {args.split}: the synthetic benchmark is evaluated on its "
+                         "test sets; --split is for real data")
+    bench = make_benchmark(SyntheticSpec.from_config(cfg), verbose=not args.quiet)
+    return [(IN_DOMAIN, False, bench.test, bench.name)] + [
+        (name, True, frames, f"{bench.name}: {name}") for name, frames in bench.targets.items()]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -130,33 +181,25 @@ def run(args: argparse.Namespace) -> dict:
     model, cfg = load_model(args.checkpoint, device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    data = args.data if (args.data or args.test) else (None if cfg.data == "synthetic"
-                                                         else cfg.data)
-    tests = args.test or ([] if args.data else list(getattr(cfg, "test", []) or []))
-    if not data and not tests:
-        raise ValueError("nothing to evaluate: give --test NAME:FACES (and/or --data); the "
-                         "checkpoint was trained on the embedded synthetic benchmark")
-    sets = ([(IN_DOMAIN, data)] if data else []) + [(None, t) for t in tests]
-    crop = SBIConfig(size=cfg.img_size)
-    results, targets = {}, []
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    for role, spec in sets:
-        name, videos = open_faces(spec, args.quality or getattr(cfg, "quality", None))
-        videos = [v for v in videos if v.split == args.split]
-        if not videos:
-            raise ValueError(f"{spec}: no videos in its {args.split} split")
-        label = role or name
-        if label in results:
-            raise ValueError(f"{spec}: set {label!r} is given twice")
-        frames = DiskFrames(videos, cfg=crop)
-        print(f"{label}: {len(videos)} videos, {len(frames)} frames", file=sys.stderr)
-        results[label], vscores = evaluate_set(model, frames, args)
+    sets = _real_sets(args, cfg)
+    if not sets and cfg.data == "synthetic":
+        sets = _synthetic_sets(args, cfg)
+    if not sets:
+        raise ValueError("nothing to evaluate: give --test NAME:FACES (and/or --data)")
+    results, targets, scored = {}, [], []
+    for label, target, frames, spec in sets:
+        print(f"{label}: " + (f"{len(frames.keys)} videos, " if isinstance(frames, DiskFrames)
+                              else "") + f"{len(frames)} frames", file=sys.stderr)
+        results[label], scores = evaluate_set(model, frames, args)
         results[label]["spec"] = spec
-        if role is None:
+        if target:
             targets.append(label)
-        if args.save_scores:
-            _write_scores(out / f"scores-{label}.csv", frames, vscores)
+        scored.append((label, frames, scores))
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed evaluation leaves no folder
+    if args.save_scores:
+        for label, frames, scores in scored:
+            _write_scores(out, label, frames, scores)
     report = {"checkpoint": str(args.checkpoint), "split": args.split, "sets": results,
               "cross_domain_mean": {level: mean_over({t: results[t][level] for t in targets},
                                                      targets) for level in ("frame", "video")}}
@@ -177,8 +220,22 @@ def _finite(obj):
     return obj
 
 
-def _write_scores(path: Path, frames: DiskFrames, vscores: np.ndarray) -> None:
-    with path.open("w", newline="") as f:
+def _write_scores(out: Path, label: str, frames, scores: np.ndarray) -> None:
+    """OUT/frames-SET.csv (video, frame, label, score per frame) and, for sets of videos,
+    OUT/scores-SET.csv (video, label, frames, mean score per video)."""
+    with (out / f"frames-{label}.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video", "frame", "label", "score"])
+        for i, (y, s) in enumerate(zip(frames.labels, scores, strict=True)):
+            if isinstance(frames, DiskFrames):
+                v = frames.videos[frames.video[i]]
+                w.writerow([v.key, v.frames[frames.row[i]].stem, int(y), f"{s:.6f}"])
+            else:
+                w.writerow(["", i, int(y), f"{s:.6f}"])
+    if not isinstance(frames, DiskFrames):
+        return
+    _, vscores = video_scores(frames, scores)
+    with (out / f"scores-{label}.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["video", "label", "frames", "score"])
         counts = np.bincount(frames.video, minlength=len(frames.keys))
@@ -202,7 +259,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--save-scores", action="store_true",
-                   help="also write OUT/scores-SET.csv (one line per video)")
+                   help="also write OUT/scores-SET.csv (one line per video) and "
+                   "OUT/frames-SET.csv (one line per frame)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -16,7 +16,7 @@ one ``is_grads_batched`` backward (vmap over the backward graph, + a copy): no [
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -122,11 +122,14 @@ class FlatGrads:
         for p, view in zip(self.params, self.rows[row], strict=True):
             p.grad = view
 
-    def backward(self, losses: Sequence[torch.Tensor]) -> None:
+    def backward(self, losses: Sequence[torch.Tensor],
+                 after_row: Callable[[int], None] | None = None) -> None:
         """Stream k's gradient into row k: one backward per loss over a shared forward graph.
 
         Autograd accumulates in place into an existing ``.grad``, so pointing the grads at row k
         and zeroing the buffer first lands d loss_k / d params in row k without any copy.
+        ``after_row(k)``, when given, runs as soon as row k is complete (csdfd.distributed starts
+        row k's all-reduce there, overlapped with row k+1's backward).
         """
         if len(losses) != self.k:
             raise ValueError(f"expected {self.k} losses (one per stream), got {len(losses)}")
@@ -134,6 +137,8 @@ class FlatGrads:
         for row, loss in enumerate(losses):
             self.point_grads(row)
             torch.autograd.backward(loss, inputs=self.params, retain_graph=row < self.k - 1)
+            if after_row is not None:
+                after_row(row)
         self.point_grads(0)
 
     def step(

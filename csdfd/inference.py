@@ -1,11 +1,13 @@
 """Prediction and evaluation of a detector on frame sets (Algorithm 1, PREDICT: features,
 projection, classifier; a plain forward pass).
 
-Shared by the trainer's per-epoch evaluation and ``python -m csdfd.evaluate``.
+Shared by the trainer's per-epoch evaluation, ``python -m csdfd.evaluate`` and
+``python -m csdfd.predict`` (the command that scores images and videos; this module has none).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import cv2
@@ -71,3 +73,48 @@ def evaluate_sets(model: Detector, sets: dict[str, Frames], img_size: int,
                             predict(model, frames, img_size, batch_size, amp, channels_last))
         for name, frames in sets.items()
     }
+
+
+class FaceScorer:
+    """P(fake) of face crops gathered across inputs, ``batch_size`` at a time (csdfd.predict).
+
+    Faces are dicts holding their model-input crop under ``"input"``; each gets ``"score"``.
+    ``state["pending"]`` counts the queued faces of the input ``state`` they belong to.
+    """
+
+    def __init__(self, model: Detector, batch_size: int, amp: bool = False):
+        self.model, self.batch_size, self.amp = model, batch_size, amp
+        self.device = next(model.parameters()).device
+        self.mean, self.std = normalisation(model)
+        self.queue: list[tuple[dict, dict]] = []  # (face, its item's state)
+        self.seconds = 0.0
+
+    def add(self, face: dict, state: dict) -> None:
+        """Queue a face; a full batch runs at once."""
+        state["pending"] += 1
+        self.queue.append((face, state))
+        if len(self.queue) >= self.batch_size:
+            self._run()
+
+    def flush(self) -> None:
+        """Score every queued face."""
+        while self.queue:
+            self._run()
+
+    @torch.no_grad()
+    def _run(self) -> None:
+        batch, self.queue = self.queue[:self.batch_size], self.queue[self.batch_size:]
+        t0 = time.perf_counter()
+        x = to_input(np.stack([f["input"] for f, _ in batch]), self.mean, self.std, self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.model(x)
+        scores = torch.sigmoid(logits.float().reshape(-1)).cpu().numpy()
+        self.seconds += time.perf_counter() - t0
+        for (face, state), s in zip(batch, scores, strict=True):
+            face["score"] = float(s)
+            state["pending"] -= 1
+
+
+if __name__ == "__main__":
+    raise SystemExit("csdfd.inference is the library of prediction; to score images and videos "
+                     "run: python -m csdfd.predict CKPT INPUT... (see --help)")

@@ -1,15 +1,23 @@
-"""Frame-level detection metrics in numpy (paper section V: AUC per test set, mean over the
-cross-domain sets), plus AP, EER and accuracy at 0.5, with scikit-learn's definitions.
+"""Frame-level detection metrics (paper section V: AUC per test set, mean over the cross-domain
+sets), plus AP, EER and accuracy at 0.5.
 
-Labels are 0 (real) / 1 (fake); scores are P(fake). Every function is tie-aware and checked
-against scikit-learn in tests/test_metrics.py.
+AUC, AP and the ROC curve are scikit-learn's (``roc_auc_score``, ``average_precision_score``,
+``roc_curve``), the definitions every detection codebase reports (DeepfakeBench included);
+this module only checks the input and gives a defined result where scikit-learn has none: NaN
+for AUC and EER of a one-class set, NaN for AP without fakes.
+
+Labels are 0 (real) / 1 (fake); scores are P(fake).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import roc_curve as _roc_curve
 
 METRICS = ("auc", "ap", "eer", "acc")
 
@@ -23,57 +31,42 @@ def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("labels must be 0 (real) or 1 (fake)")
     if not np.isfinite(s).all():
         raise ValueError(f"scores contain {int((~np.isfinite(s)).sum())} non-finite value(s)")
-    return y.astype(bool), s
+    return y.astype(np.int64), s
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return bool(y.any()) and not bool(y.all())
 
 
 def roc_auc(labels, scores) -> float:
-    """Area under the ROC curve = P(score_fake > score_real) + P(tie) / 2 (Mann-Whitney U with
-    average ranks); NaN if one class is absent."""
+    """Area under the ROC curve, P(score_fake > score_real) + P(tie) / 2; NaN if one class is
+    absent (scikit-learn raises there)."""
     y, s = _check(labels, scores)
-    n1 = int(y.sum())
-    n0 = y.size - n1
-    if n1 == 0 or n0 == 0:
-        return math.nan
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based mean rank of each tie group
-    rank_sum = avg_rank[inverse][y].sum()
-    return float((rank_sum - n1 * (n1 + 1) / 2.0) / (n1 * n0))
-
-
-def _curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative true and false positives at each distinct threshold, highest score first."""
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each tie group
-    tps = np.cumsum(y)[last].astype(np.float64)
-    fps = (last + 1) - tps
-    return tps, fps
+    return float(roc_auc_score(y, s)) if _both_classes(y) else math.nan
 
 
 def average_precision(labels, scores) -> float:
-    """AP = sum_k (R_k - R_{k-1}) P_k over distinct thresholds (scikit-learn's definition, no
-    interpolation); NaN without fakes."""
+    """AP = sum_k (R_k - R_{k-1}) P_k over distinct thresholds (no interpolation); NaN without
+    fakes, where recall is undefined."""
     y, s = _check(labels, scores)
-    if not y.any():
-        return math.nan
-    tps, fps = _curve(y, s)
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(y, s)) if y.any() else math.nan
 
 
 def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) at every distinct threshold, starting from (0, 0)."""
+    """(fpr, tpr) at every distinct threshold, starting from (0, 0). A rate whose class is
+    absent is 0 throughout (scikit-learn's NaN, and its warning, replaced)."""
     y, s = _check(labels, scores)
-    tps, fps = _curve(y, s)
-    return np.r_[0.0, fps] / max(fps[-1], 1.0), np.r_[0.0, tps] / max(tps[-1], 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        fpr, tpr, _ = _roc_curve(y, s, drop_intermediate=False)
+    return np.nan_to_num(fpr, nan=0.0), np.nan_to_num(tpr, nan=0.0)
 
 
 def eer(labels, scores) -> float:
     """Equal error rate: where the ROC curve (linearly interpolated) crosses FPR = 1 - TPR;
     NaN if one class is absent."""
     y, _ = _check(labels, scores)
-    if y.all() or not y.any():
+    if not _both_classes(y):
         return math.nan
     fpr, tpr = roc_curve(labels, scores)
     d = fpr + tpr - 1.0  # FPR - FNR: rises from -1 at (0, 0) to +1 at (1, 1)
@@ -98,7 +91,7 @@ def frame_metrics(labels, scores) -> dict[str, float]:
         "ap": average_precision(labels, scores),
         "eer": eer(labels, scores),
         "acc": accuracy(labels, scores),
-        "n_real": int((~y).sum()),
+        "n_real": int((y == 0).sum()),
         "n_fake": int(y.sum()),
     }
 

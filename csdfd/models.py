@@ -6,17 +6,23 @@ then ``logit = classifier(f_hat)``. Everything else (backbone and classifier) is
 with the UVS vector (eq. 14). Prediction is the plain forward pass.
 
 Use :func:`build_model` to make one from a :class:`~csdfd.config.Config`, and
-:func:`csdfd.checkpoint.load_model` to restore a trained one for inference.
+:func:`csdfd.checkpoint.load_model` to restore a trained one for inference. Models built for one
+input size (ViT and its kin) are built at ``cfg.img_size``; where the backbone's starting weights
+come from (``--weights``, timm's ``--pretrained``) is :mod:`csdfd.weights`'s business.
 """
 
 from __future__ import annotations
 
 import difflib
+import sys
 from pathlib import Path
 
 import timm
 import torch
+from timm.models import get_pretrained_cfg
 from torch import nn
+
+from .weights import load_weights, pretrained_file, pretrained_source, unavailable
 
 _ACTS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -63,25 +69,60 @@ def check_backbone(name: str) -> None:
     )
 
 
-def _backbone(cfg) -> nn.Module:
-    """timm model without its classifier head (``num_classes=0``), optionally with weights."""
-    check_backbone(cfg.backbone)
-    kwargs: dict = {"num_classes": 0, "pretrained": bool(cfg.pretrained)}
+def _size_kwargs(name: str, img_size: int) -> dict:
+    """``img_size`` for the timm models built for one input size (ViT, DeiT, Swin, BEiT, EVA, ...:
+    their pretrained config says ``fixed_input_size``), when it differs from their default.
+    CNNs take any size and never get it (their constructors reject the argument)."""
+    pcfg = get_pretrained_cfg(name)
+    if pcfg is None or not pcfg.fixed_input_size or tuple(pcfg.input_size[-2:]) == (img_size,) * 2:
+        return {}
+    return {"img_size": img_size}
+
+
+def _create(name: str, img_size: int, pretrained: bool = False) -> nn.Module:
+    """``timm.create_model`` without a classifier head (``num_classes=0``), at ``img_size``."""
+    kwargs = {"num_classes": 0, "pretrained": pretrained, **_size_kwargs(name, img_size)}
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as exc:
+        if "img_size" not in kwargs or "img_size" not in str(exc):
+            raise
+        default = get_pretrained_cfg(name).input_size[-1]
+        raise ValueError(f"backbone {name!r} takes only {default}x{default} inputs; set "
+                         f"--img-size {default} (got {img_size})") from exc
+
+
+def _weights_file(cfg) -> Path | None:
+    """The local file the backbone starts from: ``--weights``, or timm's ``--pretrained``
+    weights already in the cache; None for random weights or a download by timm."""
     if cfg.weights:
         path = Path(cfg.weights).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights file {str(path)!r} (--weights) does not exist")
-        # timm's own loader: drops the classifier head, adapts input channels, reads
-        # .safetensors / .pth / .bin.
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    try:
-        return timm.create_model(cfg.backbone, **kwargs)
-    except RuntimeError as exc:
-        if cfg.weights:
-            raise RuntimeError(
-                f"weights file {cfg.weights!r} does not fit backbone {cfg.backbone!r}: {exc}"
-            ) from exc
-        raise
+        return path
+    if cfg.pretrained:
+        cached = pretrained_file(cfg.backbone)  # raises at once if only the network has them
+        return None if cached is None else Path(cached)
+    return None
+
+
+def _backbone(cfg) -> nn.Module:
+    """The timm backbone, from ``--weights``, timm's ``--pretrained`` weights, or at random."""
+    check_backbone(cfg.backbone)
+    path = _weights_file(cfg)
+    if path is None and cfg.pretrained:  # not cached, and the server answers: timm downloads
+        try:
+            backbone = _create(cfg.backbone, cfg.img_size, pretrained=True)
+        except OSError as exc:  # huggingface_hub's and urllib's errors are OSErrors
+            raise RuntimeError(unavailable(cfg.backbone, f"the download failed ({exc})")) \
+                from exc
+        print(f"backbone {cfg.backbone}: timm's pretrained weights "
+              f"({pretrained_source(cfg.backbone)})", file=sys.stderr)
+        return backbone
+    backbone = _create(cfg.backbone, cfg.img_size)
+    if path is not None:
+        print(load_weights(backbone, path, cfg.backbone), file=sys.stderr)
+    return backbone
 
 
 @torch.no_grad()

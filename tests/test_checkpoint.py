@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 
 import pytest
 import torch
@@ -64,15 +65,49 @@ def test_loading_refuses_pickled_code(tmp_path):
         checkpoint.load_checkpoint(path)
 
 
-def test_bad_checkpoint_files(tmp_path):
+def _zip_of_text(path):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes.txt", "not torch")
+
+
+BAD_FILES = {
+    "text.pt": lambda p: p.write_text("epochs: 3\nlr: 0.1\n"),
+    "random.pt": lambda p: p.write_bytes(bytes(range(256)) * 3),
+    "empty.pt": lambda p: p.write_bytes(b""),
+    "tensor.pt": lambda p: torch.save(torch.zeros(3), p),
+    "weights.pt": lambda p: torch.save({"state_dict": {"w": torch.zeros(1)}}, p),
+    "archive.pt": _zip_of_text,
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_non_checkpoint_files_are_named_and_explained(tmp_path, name):
+    path = tmp_path / name
+    BAD_FILES[name](path)
+    with pytest.raises(ValueError) as info:
+        checkpoint.load_checkpoint(path)
+    message = str(info.value)
+    assert f"{name}' is not a csdfd checkpoint" in message
+    assert "python -m csdfd.train" in message and "last.pt" in message  # what one is
+    assert "pop from empty list" not in message and "weights_only` set to `False" not in message
+
+
+def test_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="none.pt"):
         checkpoint.load_checkpoint(tmp_path / "none.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt"):
-        checkpoint.load_checkpoint(tmp_path / "junk.pt")
-    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a csdfd checkpoint"):
-        checkpoint.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_clis_explain_a_non_checkpoint(tmp_path, capsys):
+    from csdfd import evaluate, train
+
+    path = tmp_path / "notes.txt"
+    path.write_text("hello\n")
+    assert evaluate.main([str(path), "--test", "x:y", "--quiet"]) == 2
+    assert "notes.txt' is not a csdfd checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        train.main(["--resume", str(path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "notes.txt' is not a csdfd checkpoint" in err
 
 
 def test_load_model_for_inference(tmp_path):

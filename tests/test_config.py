@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -50,6 +51,84 @@ def test_bad_yaml(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         load_yaml(path)
+
+
+def test_yaml_values_are_typed(tmp_path):
+    """PyYAML reads 1e-3 as a string and 2.0 as a float: unambiguous values are converted."""
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-3\nepochs: 2.0\nbatch_size: '8'\nc: 1\nmu_iters: null\n"
+                    "weights: none\ntest: celebdf:/faces/celebdf\n")
+    values = load_yaml(path)
+    assert values == {"lr": 1e-3, "epochs": 2, "batch_size": 8, "c": 1.0, "mu_iters": None,
+                      "weights": None, "test": ["celebdf:/faces/celebdf"]}
+    assert type(values["epochs"]) is int and type(values["lr"]) is float
+    cfg = resolve(values)
+    assert (cfg.lr, cfg.epochs, cfg.batch_size) == (1e-3, 2, 8)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [('batch_size: "abc"', "batch_size must be an integer, got 'abc'"),
+     ("epochs: 1.5", "epochs must be an integer, got 1.5"),
+     ("lr: fast", "lr must be a number, got 'fast'"),
+     ("amp: 1", "amp must be true or false, got 1"),
+     ("epochs: true", "epochs must be an integer, got True"),
+     ("mu_iters: 2.5", "mu_iters must be an integer or null"),
+     ("proj_act: no", "proj_act must be a string, got False .quote it"),
+     ("test: [1, 2]", "test must be a list of strings")],
+)
+def test_yaml_wrong_type_names_file_field_and_type(tmp_path, text, match):
+    path = tmp_path / "typed.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ValueError, match=f"config file .*typed.yaml: {match}"):
+        load_yaml(path)
+
+
+def test_unknown_field_gets_a_close_match(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("lrr: 0.1\nepoch: 3\nzzz: 1\n")
+    with pytest.raises(ValueError, match=r"typo.yaml: unknown field\(s\) 'lrr' \(did you mean "
+                       r"lr\?\), 'epoch' \(did you mean epochs\?\), 'zzz';"):
+        load_yaml(path)
+    with pytest.raises(ValueError, match=r"'batchsize' \(did you mean batch_size\?\)"):
+        resolve({"batchsize": 4})
+
+
+def test_python_api_values_are_typed():
+    assert resolve({"lr": "1e-3", "epochs": 3.0}).epochs == 3
+    with pytest.raises(ValueError, match="epochs must be an integer, got 1.5"):
+        resolve({"epochs": 1.5})
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [(["--epochs", "1.5"], "argument --epochs: epochs must be an integer, got '1.5'"),
+     (["--lr", "fast"], "argument --lr: lr must be a number, got 'fast'"),
+     (["--lrr", "0.1"], r"unrecognized arguments: --lrr 0.1; '--lrr' \(did you mean --lr\?\)")],
+)
+def test_flags_get_the_same_typing(capsys, argv, match):
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_flags_coerce_like_yaml():
+    args = cli.build_parser().parse_args(["--epochs", "2.0", "--lr", "1e-3", "--mu-iters", "none"])
+    assert (args.epochs, args.lr, args.mu_iters) == (2, 1e-3, None)
+
+
+@pytest.mark.parametrize(("text", "field"), [('batch_size: "abc"', "batch_size"),
+                                             ("epochs: 1.5", "epochs")])
+def test_cli_bad_yaml_is_one_line_and_nonzero(tmp_path, capsys, text, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--config", str(path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert err.startswith("csdfd.train: error: config file") and field in err and "bad.yaml" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_yaml(tmp_path):

@@ -58,3 +58,21 @@ def test_kernels_folder_is_installed_as_csdfd_kernels():
     # editable install: the top-level kernels/ beside csdfd/; wheel: csdfd/kernels/
     assert folder.parent in (Path(ops.__file__).resolve().parents[2],
                              Path(ops.__file__).resolve().parents[1])
+
+
+def test_availability_of_one_backend_by_name(monkeypatch):
+    """README: ops.availability('cuda') maps every backend (a device); a backend name that is
+    not a device ('triton') answers for that backend, as a string, never a torch device error."""
+    assert set(ops.availability("cuda")) == set(dispatch.ALL)
+    for name in ("reference", "cpp"):
+        assert ops.availability(name) == ops.availability("cpu")[name]
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors then run through the interpreter
+    assert ops.availability("triton") == ops.availability("cpu")["triton"]
+    monkeypatch.delenv("TRITON_INTERPRET")
+    why = ops.availability("triton")
+    if torch.cuda.is_available():
+        assert why == ops.availability("cuda")["triton"]
+    else:  # this CPU-only machine: why neither CPU nor CUDA tensors can use it
+        assert "TRITON_INTERPRET" in why and "no CUDA device" in why, why
+    with pytest.raises(ValueError, match=r"availability\('tpu'\).*backend name from"):
+        ops.availability("tpu")

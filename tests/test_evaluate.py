@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +59,11 @@ def test_streamed_scores_and_metrics(faces, batch_size, workers):
     std = torch.tensor([0.229, 0.224, 0.225]) * 255
     expected = torch.sigmoid(model(((x - mean) / std).permute(0, 3, 1, 2))).detach().numpy()
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
-    result, vscores = E.evaluate_set(model, frames, _args(batch_size, workers))
+    result, got = E.evaluate_set(model, frames, _args(batch_size, workers))
+    np.testing.assert_array_equal(got, scores)
     assert result["frame"]["auc"] == pytest.approx(roc_auc_score(frames.labels, scores))
     assert result["frame"]["ap"] == pytest.approx(average_precision_score(frames.labels, scores))
-    vlabels, _ = E.video_scores(frames, scores)
+    vlabels, vscores = E.video_scores(frames, scores)
     assert result["video"]["auc"] == pytest.approx(roc_auc_score(vlabels, vscores))
     assert set(result["methods"]) == {"Deepfakes", "FaceSwap"}
     assert (result["videos"], result["frames"]) == (12, 36)
@@ -130,3 +132,49 @@ def test_evaluate_errors(trained, faces, capsys):
     assert "no videos in its val split" in capsys.readouterr().err
     assert E.main([str(Path(trained) / "missing.pt"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_parses_every_set_before_creating_its_folder(trained, faces, tmp_path, capsys):
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(trained / "best.pt", ckpt)
+    missing = tmp_path / "nowhere"
+    for argv in ([str(ckpt), "--test", f"celebdf:{missing}"],  # default OUT: CKPT_DIR/eval
+                 [str(ckpt), "--data", f"ffpp:{faces[0]}", "--test", f"celebdf:{missing}",
+                  "--out", str(tmp_path / "out")]):  # a good set first, then a bad one
+        assert E.main([*argv, "--workers", "0", "--quiet"]) == 2
+        assert "nowhere" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+def test_evaluate_a_synthetic_checkpoint(tmp_path_factory, tmp_path):
+    """python -m csdfd.evaluate CKPT on a run of the embedded benchmark: re-rendered from the
+    checkpoint's config, evaluated in-domain and on every target, the run's own test AUCs."""
+    from demo import demo_run
+
+    run = demo_run(tmp_path_factory)
+    out = tmp_path / "eval"
+    assert E.main([str(run / "best.pt"), "--out", str(out), "--workers", "0", "--quiet",
+                   "--save-scores"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    trained = json.loads((run / "results.json").read_text())["test"]
+    assert list(report["sets"]) == list(trained)  # in-domain, then the targets
+    for name, r in report["sets"].items():
+        assert r["frame"]["auc"] == pytest.approx(trained[name]["auc"], abs=1e-9), name
+        assert r["videos"] is None and r["video"]["auc"] is None
+    assert len(report["sets"]["in-domain"]["methods"]) == 2  # the two source families
+    lines = (out / "frames-in-domain.csv").read_text().splitlines()
+    assert lines[0] == "video,frame,label,score" and len(lines) == 1 + 8
+    assert "| in-domain | - | 8 |" in (out / "eval.md").read_text()
+
+
+def test_a_failed_evaluate_leaves_no_folder(trained, faces, tmp_path_factory, tmp_path):
+    from demo import demo_run
+
+    out = tmp_path / "eval"
+    # the second set fails (no val split): nothing of the first is written either
+    assert E.main([str(trained / "best.pt"), "--data", f"ffpp:{faces[0]}", "--test",
+                   f"celebdf:{faces[1]}", "--split", "val", "--out", str(out), "--quiet"]) == 2
+    assert E.main([str(demo_run(tmp_path_factory) / "best.pt"), "--split", "val", "--out",
+                   str(out), "--quiet"]) == 2
+    assert E.main([str(tmp_path / "missing.pt"), "--out", str(out), "--quiet"]) == 2
+    assert not out.exists()

@@ -14,7 +14,7 @@ from realfaces import face_crop
 
 from csdfd import preprocess as P
 from csdfd.data import frames as FR
-from csdfd.data import layouts
+from csdfd.data import load_benchmark
 from csdfd.data.layouts import Video
 from csdfd.data.sbi import eval_crop
 
@@ -136,24 +136,21 @@ def cfg(data: str, test=(), img_size=128) -> SimpleNamespace:
 
 def test_load_benchmark(ffpp, tmp_path):
     celeb = make_faces(tmp_path / "celeb", celebdf_videos(), dataset="celebdf")
-    bench = FR.load_benchmark(cfg(f"ffpp:{ffpp}", [f"celebdf:{celeb}"]))
+    bench = load_benchmark(cfg(f"ffpp:{ffpp}", [f"celebdf:{celeb}"]))
     assert (len(bench.train_real), len(bench.train_fake)) == (8, 8)
     assert set(bench.train_real.labels) == {0} and set(bench.train_fake.labels) == {1}
     assert len(bench.val) == len(bench.test) == 16 and len(bench.val_real) == 8
     assert list(bench.targets) == ["celebdf"] and len(bench.targets["celebdf"]) == 8
     assert bench.test.images([0]).shape == (1, 128, 128, 3)
     assert bench.train_real.landmarks([0]).shape == (1, 68, 2)
-    # a plain folder (no NAME:) works through layouts.load_benchmark, as csdfd.data calls it
-    plain = layouts.load_benchmark(ffpp, cfg(str(ffpp)))
-    assert len(plain.train_real) == 8 and plain.name == "ffpp"
 
 
 def test_load_benchmark_errors(ffpp, tmp_path):
     celeb = make_faces(tmp_path / "celeb", celebdf_videos(), dataset="celebdf")
     with pytest.raises(ValueError, match="no fake videos in its train split"):
-        FR.load_benchmark(cfg(f"celebdf:{celeb}"))
+        load_benchmark(cfg(f"celebdf:{celeb}"))
     with pytest.raises(ValueError, match="dataset 'celebdf' is given twice"):
-        FR.load_benchmark(cfg(f"ffpp:{ffpp}", [f"celebdf:{celeb}"] * 2))
+        load_benchmark(cfg(f"ffpp:{ffpp}", [f"celebdf:{celeb}"] * 2))
 
 
 # --- DeepfakeBench -------------------------------------------------------------------------
@@ -213,7 +210,7 @@ def test_training_batches_use_the_full_sbi(ffpp):
     from csdfd.data import get_blend
     from csdfd.data.stream import StepDataset
 
-    bench = FR.load_benchmark(cfg(f"ffpp:{ffpp}"))
+    bench = load_benchmark(cfg(f"ffpp:{ffpp}"))
     ds = StepDataset(bench, get_blend("sbi"), batch_size=4, img_size=128, seed=0, epoch=0,
                      streams=(1, 2))
     a, b = ds[0], ds[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,11 +86,26 @@ def test_ffpp_splits_folder_and_missing_file(tmp_path):
 
 
 def test_ffpp_missing_folders_are_named(tmp_path):
-    make_ffpp(tmp_path, methods=("Deepfakes",))
-    with pytest.raises(LayoutError, match="manipulated_sequences/Face2Face/c23/videos"):
-        layouts.ffpp(tmp_path)
+    make_ffpp(tmp_path, methods=("Deepfakes", "FaceSwap"))
+    with pytest.raises(LayoutError, match="manipulated_sequences/Face2Face/c23/videos") as err:
+        layouts.ffpp(tmp_path, methods=layouts.FFPP_METHODS)
+    # the hint names the real syntax (there is no --methods flag)
+    assert f"ffpp:{tmp_path},methods=Deepfakes+FaceSwap" in str(err.value)
+    assert "--methods" not in str(err.value)
     with pytest.raises(LayoutError, match="original_sequences/youtube/c40/videos"):
         layouts.ffpp(tmp_path, quality="c40", methods=("Deepfakes",))
+
+
+def test_ffpp_reads_the_methods_present_by_default(tmp_path):
+    """A standard 4-method download (no FaceShifter) works without methods=."""
+    four = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
+    make_ffpp(tmp_path, methods=four)
+    assert layouts.ffpp_methods_present(tmp_path) == four
+    videos = layouts.load("ffpp", tmp_path)
+    assert {v.method for v in videos} == {"youtube", *four} and len(videos) == 6 + 4 * 5
+    shutil.rmtree(tmp_path / "manipulated_sequences")
+    with pytest.raises(LayoutError, match="no manipulated_sequences/METHOD/c23/videos folder"):
+        layouts.ffpp(tmp_path)
 
 
 def test_ffpp_bad_options(tmp_path):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import sklearn.metrics as sklearn_metrics
 
 from csdfd import metrics
 
-sklearn_metrics = pytest.importorskip("sklearn.metrics")
 interpolate = pytest.importorskip("scipy.interpolate")
 optimize = pytest.importorskip("scipy.optimize")
 
@@ -63,6 +65,41 @@ def test_one_class_gives_nan():
     out = metrics.frame_metrics([0, 0, 0], [0.1, 0.2, 0.3])
     assert math.isnan(out["auc"]) and math.isnan(out["ap"]) and math.isnan(out["eer"])
     assert out["acc"] == 1.0 and out["n_real"] == 3 and out["n_fake"] == 0
+
+
+@pytest.mark.parametrize(("labels", "ap"),
+                         [([0, 0, 0], math.nan), ([1, 1, 1], 1.0), ([], math.nan)])
+def test_one_class_is_defined_and_quiet(labels, ap):
+    """scikit-learn raises (AUC) or warns (ROC, AP) on one class; ours is a defined value."""
+    scores = [0.3, 0.1, 0.3][: len(labels)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = metrics.frame_metrics(labels, scores)
+        fpr, tpr = metrics.roc_curve(labels, scores) if labels else (None, None)
+    assert math.isnan(out["auc"]) and math.isnan(out["eer"])
+    assert out["ap"] == ap or (math.isnan(ap) and math.isnan(out["ap"]))
+    if labels:  # the absent class's rate is 0 throughout, the present one's ends at 1
+        assert np.isfinite(fpr).all() and np.isfinite(tpr).all()
+        assert (fpr[-1], tpr[-1]) == ((1.0, 0.0) if labels[0] == 0 else (0.0, 1.0))
+
+
+def test_metrics_are_scikit_learns(monkeypatch):
+    """AUC, AP and the ROC curve (hence EER) are computed by scikit-learn at run time."""
+    calls = []
+    for name in ("roc_auc_score", "average_precision_score", "_roc_curve"):
+        real = getattr(metrics, name)
+        monkeypatch.setattr(metrics, name, lambda *a, _f=real, _n=name, **k: (
+            calls.append(_n), _f(*a, **k))[1])
+    y, s = _case(50, 0.5, True, 3)
+    metrics.frame_metrics(y, s)
+    assert sorted(set(calls)) == ["_roc_curve", "average_precision_score", "roc_auc_score"]
+
+
+def test_scikit_learn_is_a_runtime_dependency():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("scikit-learn") for d in project["dependencies"])
+    assert not any(d.startswith("scikit-learn") for d in project["optional-dependencies"]["test"])
 
 
 @pytest.mark.parametrize(

@@ -43,8 +43,8 @@ def test_even_indices(total, n, want):
 def test_read_frames_spans_the_whole_video(tmp_path):
     path = tmp_path / "ramp.mp4"
     write_plain_video(path, n=30)
-    indices, frames, total = F.read_frames(path, 4)
-    assert total == 30 and indices == [0, 10, 19, 29]
+    indices, frames, total, fps = F.read_frames(path, 4)
+    assert total == 30 and indices == [0, 10, 19, 29] and fps == 25
     levels = [float(f.mean()) for f in frames]
     expected = [30 + i * 180 / 29 for i in indices]  # mean of ramp (30) + t * step
     np.testing.assert_allclose(levels, expected, atol=6)
@@ -54,14 +54,14 @@ def test_read_frames_spans_the_whole_video(tmp_path):
 def test_read_frames_folder_image_and_corrupt(tmp_path):
     for i in range(5):
         cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((8, 8, 3), i * 40, np.uint8))
-    indices, frames, total = F.read_frames(tmp_path, 3)
+    indices, frames, total, _ = F.read_frames(tmp_path, 3)
     assert (indices, total) == ([0, 2, 4], 5) and frames[1][0, 0, 0] == 80
-    indices, frames, total = F.read_frames(tmp_path / "001.png", 3)
+    indices, frames, total, _ = F.read_frames(tmp_path / "001.png", 3)
     assert (indices, total, frames[0].shape) == ([0], 1, (8, 8, 3))
     (tmp_path / "bad.mp4").write_bytes(os.urandom(4096))
-    assert F.read_frames(tmp_path / "bad.mp4", 3) == ([], [], 0)
+    assert F.read_frames(tmp_path / "bad.mp4", 3) == ([], [], 0, 0.0)
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
-    assert F.read_frames(tmp_path / "bad.jpg", 3) == ([], [], 0)
+    assert F.read_frames(tmp_path / "bad.jpg", 3) == ([], [], 0, 0.0)
 
 
 def test_crop_face_geometry():

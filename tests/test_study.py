@@ -36,3 +36,24 @@ def test_study_rejects_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         study.main([*TINY, "--c", "-1", "--out", str(tmp_path)])
     assert info.value.code == 2 and "c must be non-negative" in capsys.readouterr().err
+
+
+def test_study_help_hides_the_single_run_flags_it_refuses(capsys):
+    with pytest.raises(SystemExit) as info:
+        study.main(["--help"])
+    text = capsys.readouterr().out
+    assert info.value.code == 0 and "--modes" in text and "--epochs" in text
+    assert "--resume" not in text and "--stop-after" not in text
+    for flag in (["--resume"], ["--stop-after", "1"]):
+        with pytest.raises(SystemExit) as info:
+            study.main([*TINY, *flag])
+        assert info.value.code == 2
+        assert "apply to single runs: use python -m csdfd.train" in capsys.readouterr().err
+
+
+def test_study_refuses_a_batch_larger_than_the_training_set(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        study.main([*TINY, "--modes", "O", "--batch-size", "99", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "batch_size 99 is larger than the 16 real" in err
+    assert not (tmp_path / "s").exists()

@@ -11,17 +11,20 @@ import subprocess
 import sys
 import time
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 import torch.nn.functional as F
 
 from csdfd import train as cli
+from csdfd import trainer as trainer_module
 from csdfd.checkpoint import load_checkpoint, load_model
 from csdfd.config import load_yaml, resolve
 from csdfd.data import synthetic
 from csdfd.data.stream import StepDataset
 from csdfd.inference import to_input
 from csdfd.ops import dispatch, reference
+from csdfd.plots import curves_figure
 from csdfd.trainer import STRATEGIES, NonFiniteError, Trainer
 
 SYNTH = {"synth_train_ids": 4, "synth_val_ids": 2, "synth_test_ids": 2, "synth_frames": 4,
@@ -122,7 +125,9 @@ def test_single_stream_step_is_the_plain_gradient(mode, bench, tmp_path):
                                rtol=2e-4, atol=1e-6)
 
 
-RESUME = {"epochs": 4, "drop_rate": 0.3}
+#: log_every 3 over 4 steps per epoch: a row's window can straddle a mid-epoch interruption.
+RESUME = {"epochs": 4, "drop_rate": 0.3, "log_every": 3}
+TIMING = {"step_time", "images_per_s"}
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +136,17 @@ def straight(bench, tmp_path_factory):
     torch RNG state matters)."""
     out = tmp_path_factory.mktemp("straight")
     trainer = Trainer(_cfg(**RESUME), out, bench, quiet=True)
-    return trainer.fit(), trainer.model.state_dict(), trainer.opt.state_dict()
+    return trainer.fit(), trainer.model.state_dict(), trainer.opt.state_dict(), out
+
+
+def _train_rows(out):
+    """The train rows of metrics.jsonl without the timings (which no two runs share)."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in _rows(out, "train")]
 
 
 def _assert_same_run(a, b):
-    result_a, model_a, opt_a = a
-    result_b, model_b, opt_b = b
+    result_a, model_a, opt_a = a[:3]
+    result_b, model_b, opt_b = b[:3]
     for key in model_a:
         assert torch.equal(model_a[key], model_b[key]), key
     for pid, st in opt_a["state"].items():
@@ -155,27 +165,32 @@ def test_two_plus_two_epochs_equal_four(bench, straight, tmp_path):
     trainer = Trainer(_cfg(**RESUME), tmp_path, bench, resume=tmp_path / "last.pt", quiet=True)
     _assert_same_run(straight, (trainer.fit(), trainer.model.state_dict(),
                                 trainer.opt.state_dict()))
-    steps = [r["step"] for r in _rows(tmp_path, "train")]
-    assert steps == sorted(set(steps)) == list(range(1, 4 * len(bench.train_real) // 4 + 1))
+    assert _train_rows(tmp_path) == _train_rows(straight[3])
+    assert [r["step"] for r in _rows(tmp_path, "train")] == [3, 6, 9, 12, 15]
 
 
 def test_ctrl_c_mid_epoch_then_resume_is_exact(bench, straight, tmp_path, monkeypatch):
+    """Ctrl-C during step 5 (epoch 2): the run saves after that step and the resumed one ends
+    bit for bit like the uninterrupted run. Row 6's window then holds step 5: the checkpoint
+    carries it, so the resumed row 6 is the mean of steps 5 and 6, as in the straight run."""
     real_step = Trainer._step
 
-    def interrupt_at_step_6(self, batch):
-        if self.global_step == 5:  # the 6th step, in the middle of epoch 2
+    def interrupt_at_step_5(self, batch):
+        if self.global_step == 4:  # the 5th step, the first of epoch 2
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, batch)
 
-    monkeypatch.setattr(Trainer, "_step", interrupt_at_step_6)
+    monkeypatch.setattr(Trainer, "_step", interrupt_at_step_5)
     first = Trainer(_cfg(**RESUME), tmp_path, bench, quiet=True).fit()
     assert first["status"] == "interrupted"
     state = load_checkpoint(tmp_path / "last.pt")
-    assert (state["epoch"], state["step"], state["global_step"]) == (1, 2, 6)
+    assert (state["epoch"], state["step"], state["global_step"]) == (1, 1, 5)
+    assert state["window"]["steps"] == 1
     monkeypatch.setattr(Trainer, "_step", real_step)
     trainer = Trainer(_cfg(**RESUME), tmp_path, bench, resume=tmp_path / "last.pt", quiet=True)
     _assert_same_run(straight, (trainer.fit(), trainer.model.state_dict(),
                                 trainer.opt.state_dict()))
+    assert _train_rows(tmp_path) == _train_rows(straight[3])
 
 
 def _poison(trainer, bad_steps):
@@ -232,6 +247,60 @@ def test_amp_and_channels_last(bench, tmp_path):
     assert all(math.isfinite(r["auc"]) for r in result["test"].values())
 
 
+def test_batch_larger_than_the_training_set_is_refused(bench, tmp_path):
+    n = len(bench.train_real)
+    with pytest.raises(ValueError, match=f"batch_size {n + 1} is larger than the {n} real "
+                       f"training frames.*0 steps.*--batch-size {n} or less"):
+        Trainer(_cfg(batch_size=n + 1), tmp_path / "run", bench, quiet=True)
+    assert not (tmp_path / "run").exists()
+    Trainer(_cfg(batch_size=n), tmp_path / "ok", bench, quiet=True)  # one step per epoch
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert cli.main(["--out", str(out), "--quiet", *_flags(TINY)]) == 0
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    capsys.readouterr()
+
+    def no_render(cfg):
+        raise AssertionError("the data were rendered again")
+
+    monkeypatch.setattr(trainer_module, "load_benchmark", no_render)
+    assert cli.main(["--out", str(out), "--resume", "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "is finished: 1 of 1 epochs" in said and "nothing was changed" in said
+    assert "--epochs 2" in said
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="changed .'epochs'."):  # raised --epochs: continues
+        assert cli.main(["--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["last_epoch"]["epoch"] == 2 and len(_rows(out, "eval")) == 2
+
+
+def test_curves_have_an_auc_panel_and_markers_for_few_points():
+    rows = [{"kind": "train", "step": 4, "epoch": 1, "L1": 0.6, "L2": 0.7, "cos": -0.2},
+            {"kind": "eval", "epoch": 1, "step": 4, "val": {"auc": 0.7},
+             "test": {"in-domain": {"auc": 0.8}, "blend": {"auc": 0.6}},
+             "cross_domain_mean": {"auc": 0.6}}]
+    fig = curves_figure({"csdfd": rows})
+    try:
+        loss, cos, auc = fig.axes
+        assert [ln.get_label() for ln in auc.get_lines()] == ["val", "in-domain", "blend"]
+        assert [ln.get_ydata()[0] for ln in auc.get_lines()] == [0.7, 0.8, 0.6]
+        for ax in (loss, cos, auc):  # one point each: visible only as a marker
+            data = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+            assert data and all(ln.get_marker() == "o" for ln in data)
+    finally:
+        plt.close(fig)
+    fig = curves_figure({"O": rows, "csdfd": rows})  # a study: val + cross-domain mean per run
+    try:
+        assert [ln.get_label() for ln in fig.axes[2].get_lines()] == [
+            "O: val", "O: cross-domain mean", "csdfd: val", "csdfd: cross-domain mean"]
+    finally:
+        plt.close(fig)
+
+
 def test_run_directory(bench, tmp_path):
     cfg = _cfg(epochs=2)
     result = Trainer(cfg, tmp_path, bench, quiet=True).fit()
@@ -247,6 +316,13 @@ def test_run_directory(bench, tmp_path):
     assert "| model | in-domain |" in (tmp_path / "results.md").read_text()
     model, loaded_cfg = load_model(tmp_path / "best.pt")
     assert loaded_cfg == cfg and not model.training
+    fig = curves_figure({cfg.mode: _rows(tmp_path, "train") + evals})  # curves.png's panels
+    try:
+        names = [ln.get_label() for ln in fig.axes[2].get_lines()]
+        assert names == ["val", "in-domain", *bench.targets]
+        assert all(len(ln.get_xdata()) == 2 for ln in fig.axes[2].get_lines())  # two epochs
+    finally:
+        plt.close(fig)
 
 
 def _main_exit(argv, capsys) -> tuple[int, str]:
@@ -264,12 +340,20 @@ def test_cli_bad_inputs(tmp_path, capsys):
     assert code == 2 and "missing" in err and "does not exist" in err
     code, err = _main_exit(["--backend", "cuda", "--out", str(tmp_path / "d")], capsys)
     assert code == 2 and "backend 'cuda' is unavailable" in err and "Available" in err
+    if not torch.cuda.is_available():
+        code, err = _main_exit(["--device", "cuda", "--out", str(tmp_path / "e")], capsys)
+        assert code == 2 and "CUDA is not available" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # check first, then create OUT
+    code, err = _main_exit([*_flags(TINY), "--batch-size", "99", "--out", str(tmp_path / "f")],
+                           capsys)
+    assert code == 2 and "batch_size 99 is larger than the 16 real training frames" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # check first, then create OUT
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "last.pt").write_bytes(b"")
     code, err = _main_exit(["--out", str(tmp_path / "c")], capsys)
     assert code == 2 and "already holds a run" in err and "--resume" in err
     code, err = _main_exit(["--out", str(tmp_path / "c"), "--resume"], capsys)
-    assert code == 2 and "cannot be read" in err
+    assert code == 2 and "is not a csdfd checkpoint: it is an empty file" in err
 
 
 def _flags(d: dict) -> list[str]:

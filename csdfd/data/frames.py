@@ -5,39 +5,49 @@
 - ``NAME:FACES`` where FACES is a folder written by ``python -m csdfd.preprocess`` (it has an
   ``index.json``); NAME is the layout it came from (``ffpp``, ``celebdf``, ...);
 - ``deepfakebench:FILE.json[,root=DIR]``: a dataset JSON of DeepfakeBench
-  (``{dataset: {label: {split: {[quality:] {video: {"frames": [...]}}}}}}``); labels whose
-  name contains "real" are 0, others 1; landmarks are read from the sibling ``landmarks/``
-  folder where present; frame paths are resolved against ``root`` (default: the current
-  folder), dropping leading components until they exist.
+  (``{dataset: {label: {split: {[quality:] {video: {"frames": [...]}}}}}}``, as its
+  ``preprocessing/rearrange.py`` writes it); labels whose name contains "real" are 0, others
+  1; landmarks are read from the sibling ``landmarks/`` folder where present. Frame paths are
+  relative to DeepfakeBench's ``datasets/rgb`` (or absolute, from the authors' machines): they
+  are resolved against ``root`` or, failing that, ``root/datasets/rgb`` (default root: the
+  current folder), dropping leading components until they exist. Keys that are not videos
+  (rearrange.py leaves ``label`` and ``frames`` beside the videos of DFDC's ``val``) are
+  skipped with one warning.
 
 Options after a comma: ``quality=c23`` (FF++ compression to keep), ``methods=A+B`` (keep those
-methods), ``frames=N`` (N frames per video, evenly spaced).
+methods; FF++ names and DeepfakeBench's labels, e.g. ``Deepfakes`` and ``FF-DF``, are the same
+method; reals are kept unless a real method is named), ``frames=N`` (N frames per video,
+evenly spaced). A video listed in both the train and the test split of an index (DeepfakeBench's
+Celeb-DF JSON lists every test video under train too) is warned about and left out of training.
 
 :class:`DiskFrames` serves the frames of a list of videos through the
 :class:`csdfd.data.Frames` interface (``labels``, ``images(idx)``, ``landmarks(idx)``), read
 lazily so that memory stays bounded whatever the dataset size. ``images`` returns the
-evaluation crop of SBI (:func:`csdfd.data.sbi.eval_crop`: the landmark box with the middle of
-the training margins); ``raw`` returns the stored crops, from which training draws random crops.
+model-input crop of the face pipeline (:func:`csdfd.data.faces.input_crop`: SBI's evaluation
+crop, the landmark box with the middle of the training margins); ``raw`` returns the stored
+crops, from which training draws random crops.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from . import layouts
-from .faces import even_indices
-from .sbi import DEFAULT, SBIConfig, eval_crop, eval_crop_landmarks
-
-if TYPE_CHECKING:
-    from . import Benchmark
+from .faces import even_indices, input_crop
+from .sbi import DEFAULT, SBIConfig, eval_crop_landmarks
 
 INDEX_NAME = "index.json"
+#: DeepfakeBench's label for each FF++ method (``ff_dict`` of its ``preprocessing/rearrange.py``)
+DFB_FFPP_LABELS = {"youtube": "FF-real", "Deepfakes": "FF-DF", "Face2Face": "FF-F2F",
+                   "FaceSwap": "FF-FS", "NeuralTextures": "FF-NT", "FaceShifter": "FF-FH"}
+_ALIASES = {**DFB_FFPP_LABELS, **{b: a for a, b in DFB_FFPP_LABELS.items()}}
 
 
 @dataclass
@@ -75,8 +85,7 @@ def open_faces(spec: str, quality: str | None = None) -> tuple[str, list[FaceVid
     else:
         videos = _csdfd_index(name, path, quality)
     if "methods" in opts:
-        keep = set(opts["methods"].replace("+", ",").split(","))
-        videos = [v for v in videos if v.method in keep or v.label == 0]
+        videos = select_methods(spec, videos, opts["methods"])
     if "frames" in opts:
         n = int(opts["frames"])
         for v in videos:
@@ -84,7 +93,46 @@ def open_faces(spec: str, quality: str | None = None) -> tuple[str, list[FaceVid
             v.landmarks = _subset_landmarks(v, n)
     if not videos:
         raise ValueError(f"{spec}: no videos with faces (quality={quality}, options {opts})")
+    both = split_overlap(videos)
+    if both:
+        warnings.warn(f"{spec}: {len(both)} videos are in both its train and test splits "
+                      f"(first: {sorted(both)[:3]}); they are left out of training whenever "
+                      "this set is the in-domain test set", stacklevel=2)
     return name, videos
+
+
+def select_methods(spec: str, videos: list[FaceVideo], names: str) -> list[FaceVideo]:
+    """The videos of the methods ``names`` (``A+B``); an FF++ method name and its
+    DeepfakeBench label select the same videos. Reals are all kept unless a real method is
+    named (so only the fakes can run out). A name that matches no method, or a choice that
+    leaves no fakes, is an error listing the methods present."""
+    present = {v.method for v in videos}
+    wanted = [m.strip() for m in names.replace("+", ",").split(",") if m.strip()]
+    keep = {hit for m in wanted for hit in {m, _ALIASES.get(m, m)} & present}
+    unknown = [m for m in wanted if not {m, _ALIASES.get(m, m)} & present]
+    if unknown:
+        raise ValueError(f"{spec}: no method {unknown} in this dataset; its methods are "
+                         f"{methods_listing(videos)}")
+    named_real = any(v.method in keep for v in videos if v.label == 0)
+    out = [v for v in videos if v.method in keep or (v.label == 0 and not named_real)]
+    if not any(v.label == 1 for v in out):
+        raise ValueError(f"{spec}: methods={names} leaves no fake videos; name at least one "
+                         f"fake method of {methods_listing(videos)}")
+    return out
+
+
+def methods_listing(videos: list[FaceVideo]) -> str:
+    """``fake: A, B; real: C``: the methods of ``videos``, for error messages."""
+    parts = []
+    for what, label in (("fake", 1), ("real", 0)):
+        names = sorted({v.method for v in videos if v.label == label})
+        parts.append(f"{what}: {', '.join(names) if names else 'none'}")
+    return "; ".join(parts)
+
+
+def split_overlap(videos: list[FaceVideo], a: str = "train", b: str = "test") -> set[str]:
+    """Keys of the videos listed in both splits ``a`` and ``b``."""
+    return {v.key for v in videos if v.split == a} & {v.key for v in videos if v.split == b}
 
 
 def _subset_landmarks(v: FaceVideo, n: int):
@@ -125,7 +173,7 @@ def _deepfakebench(path: Path, root: Path, quality: str | None) -> tuple[str, li
     if not isinstance(data, dict) or len(data) != 1:
         raise ValueError(f"{path}: expected {{dataset: {{label: {{split: ...}}}}}}")
     (dataset, labels), = data.items()
-    videos, resolve = [], _Resolver(root, path)
+    videos, resolve, skipped = [], _Resolver(root, path), []
     for label_name, splits in labels.items():
         label = 0 if "real" in label_name.lower() else 1
         for split, node in splits.items():
@@ -134,6 +182,9 @@ def _deepfakebench(path: Path, root: Path, quality: str | None) -> tuple[str, li
                     raise ValueError(f"{path} has qualities {sorted(node)}: add ,quality=c23")
                 node = node.get(quality, {}) if quality else next(iter(node.values()))
             for video, info in node.items():
+                if not isinstance(info, dict):  # rearrange.py's stray label / frames keys
+                    skipped.append(f"{label_name}/{split}/{video}")
+                    continue
                 frames = [resolve(f) for f in sorted(info.get("frames", []))]
                 if not frames:
                     continue
@@ -141,6 +192,10 @@ def _deepfakebench(path: Path, root: Path, quality: str | None) -> tuple[str, li
                 videos.append(FaceVideo(f"{dataset}/{label_name}/{video}", label_name, label,
                                         split, frames, lms if all(p.exists() for p in lms)
                                         else None, quality or ""))
+    if skipped:
+        first = ", ".join(skipped[:6])
+        warnings.warn(f"{path}: skipped {len(skipped)} keys that are not videos ({first}); "
+                      "DeepfakeBench's rearrange.py writes them beside the videos", stacklevel=3)
     return dataset, videos
 
 
@@ -152,23 +207,27 @@ def _dfb_landmark(frame: Path) -> Path:
 
 
 class _Resolver:
-    """Maps DeepfakeBench frame paths (often from the authors' machines) to files under root."""
+    """Maps DeepfakeBench frame paths (relative to its ``datasets/rgb``, or absolute from the
+    authors' machines) to files under root or root/datasets/rgb. The first frame fixes how
+    many leading components to drop (the fewest that make it exist) for all the others."""
 
     def __init__(self, root: Path, source: Path):
-        self.root, self.source, self.drop = root, source, None
+        self.bases, self.source = (root, root / "datasets" / "rgb"), source
+        self.base: Path | None = None
+        self.drop = 0
 
     def __call__(self, frame: str) -> Path:
         parts = Path(frame.replace("\\", "/")).parts
-        if self.drop is None:
-            for k in range(len(parts)):
-                if (self.root / Path(*parts[k:])).exists():
-                    self.drop = k
-                    break
-            else:
-                raise FileNotFoundError(f"{self.source}: frame {frame} not found under "
-                                        f"{self.root.resolve()}; pass ,root=DIR (the folder "
-                                        "the JSON's paths are relative to)")
-        return self.root / Path(*parts[self.drop:])
+        if self.base is None:
+            self.base, self.drop = next(((base, k) for k in range(len(parts))
+                                         for base in self.bases
+                                         if (base / Path(*parts[k:])).exists()), (None, 0))
+            if self.base is None:
+                raise FileNotFoundError(
+                    f"{self.source}: frame {frame} not found under {self.bases[0].resolve()} "
+                    f"nor {self.bases[1].resolve()}; pass ,root=DIR with DIR DeepfakeBench's "
+                    "datasets/rgb folder (its frame paths are relative to it)")
+        return self.base / Path(*parts[self.drop:])
 
 
 class DiskFrames:
@@ -217,7 +276,7 @@ class DiskFrames:
         if not self.crop:
             return np.stack([self._read(int(i)) for i in idx])
         imgs, lms = self.raw(idx)
-        return np.stack([eval_crop(im, lm, self.cfg)[0] for im, lm in zip(imgs, lms, strict=True)])
+        return np.stack([input_crop(im, lm, self.cfg) for im, lm in zip(imgs, lms, strict=True)])
 
     def landmarks(self, idx) -> np.ndarray:
         """[n, K, 2] float32 landmarks in the frames ``images`` returns."""
@@ -236,37 +295,9 @@ class DiskFrames:
 
 
 def split_frames(videos: list[FaceVideo], split: str, label: int | None = None,
-                 **kwargs) -> DiskFrames:
-    """The frames of ``videos`` in ``split`` (and of one ``label`` if given)."""
-    keep = [v for v in videos if v.split == split and (label is None or v.label == label)]
+                 exclude: Collection[str] = (), **kwargs) -> DiskFrames:
+    """The frames of ``videos`` in ``split`` (and of one ``label`` if given), less the videos
+    whose key is in ``exclude``."""
+    keep = [v for v in videos if v.split == split and (label is None or v.label == label)
+            and v.key not in exclude]
     return DiskFrames(keep, **kwargs)
-
-
-def load_benchmark(cfg) -> Benchmark:
-    """The two-stream benchmark on real data (paper section V-A): ``cfg.data`` gives the
-    source domain (its train split: reals for both streams and original fakes for stream 1;
-    val: checkpoint selection; test: in-domain test) and each of ``cfg.test`` a cross-domain
-    target (its test split). ``cfg.quality`` picks the FF++ compression."""
-    from . import Benchmark
-
-    quality = getattr(cfg, "quality", None)
-    crop = SBIConfig(size=cfg.img_size)
-    name, videos = open_faces(cfg.data, quality)
-
-    def part(split: str, label: int | None = None) -> DiskFrames:
-        frames = split_frames(videos, split, label, cfg=crop)
-        if not len(frames):
-            what = {None: "", 0: " real", 1: " fake"}[label]
-            raise ValueError(f"--data {cfg.data}: no{what} videos in its {split} split")
-        return frames
-
-    targets: dict[str, DiskFrames] = {}
-    for spec in getattr(cfg, "test", None) or []:
-        target, tv = open_faces(spec)
-        if target in targets:
-            raise ValueError(f"--test {spec}: dataset {target!r} is given twice")
-        targets[target] = split_frames(tv, "test", cfg=crop)
-        if not len(targets[target]):
-            raise ValueError(f"--test {spec}: no videos in its test split")
-    return Benchmark(name, part("train", 0), part("train", 1), part("val"), part("test"),
-                     targets, part("val", 0))

@@ -9,7 +9,8 @@ into face crops.
   and ``manipulated_sequences/METHOD/Q/videos`` for Q in raw / c23 / c40; the official
   ``train.json`` / ``val.json`` / ``test.json`` pair lists (from the dataset root or its
   ``splits/`` folder, else the copy shipped in :mod:`csdfd.data.ffpp_splits`). A fake ``a_b``
-  and ``b_a`` follows the split of its pair.
+  and ``b_a`` follows the split of its pair. Without ``methods=``, the methods present are
+  read (many downloads lack FaceShifter); named methods must all be present.
 - ``celebdf``: Celeb-DF v2. ``Celeb-real/``, ``YouTube-real/``, ``Celeb-synthesis/`` and
   ``List_of_testing_videos.txt`` (its "1" means real); listed videos are test, others train.
 - ``dfdc``: DFDC. Every ``labels.csv`` (``filename,label``; 1 = fake; the test set) or
@@ -115,11 +116,42 @@ def ffpp_split_map(root: Path, splits: Path | None = None) -> dict[str, str]:
     return out
 
 
-def ffpp(root: Path, quality: str = "c23", methods: tuple[str, ...] = FFPP_METHODS,
+def _ffpp_media(folder: Path) -> Path:
+    """``videos/``, or ``images/`` where the FF++ scripts already extracted the frames."""
+    if not (folder / "videos").exists() and (folder / "images").exists():
+        return folder / "images"
+    return folder / "videos"
+
+
+def ffpp_methods_present(root: Path, quality: str = "c23") -> tuple[str, ...]:
+    """The FF++ methods whose ``manipulated_sequences/METHOD/quality`` media folder exists."""
+    return tuple(m for m in FFPP_METHODS
+                 if _ffpp_media(root / "manipulated_sequences" / m / quality).exists())
+
+
+def _ffpp_hint(root: Path, quality: str, label: int) -> str:
+    if label == 0:
+        return "download it with the FF++ script, or pick the compression you have with --quality"
+    have = "+".join(ffpp_methods_present(root, quality)) or "Deepfakes"
+    return ("download it with the FF++ script, or name the methods you have: "
+            f"ffpp:{root},methods={have}")
+
+
+def ffpp(root: Path, quality: str = "c23", methods: tuple[str, ...] | None = None,
          splits: Path | None = None) -> list[Video]:
-    """FaceForensics++: 1,000 real videos and 1,000 fakes per method at one compression."""
+    """FaceForensics++: 1,000 real videos and 1,000 fakes per method at one compression.
+
+    ``methods=None`` reads every method present (:func:`ffpp_methods_present`): FaceShifter
+    came after the other four, and many downloads lack it. Named methods must all be there."""
     if quality not in QUALITIES:
         raise ValueError(f"FF++ quality must be one of {QUALITIES}, but got {quality!r}")
+    if methods is None:
+        methods = ffpp_methods_present(root, quality)
+        if not methods:
+            raise LayoutError(f"FF++: no manipulated_sequences/METHOD/{quality}/videos folder "
+                              f"in {root} for any of {', '.join(FFPP_METHODS)}; download at "
+                              "least one method with the FF++ script (or pick the compression "
+                              "you have with --quality)")
     unknown = [m for m in methods if m not in FFPP_METHODS]
     if unknown:
         raise ValueError(f"unknown FF++ methods {unknown}; choose from {FFPP_METHODS}")
@@ -128,11 +160,9 @@ def ffpp(root: Path, quality: str = "c23", methods: tuple[str, ...] = FFPP_METHO
     folders += [(m, 1, root / "manipulated_sequences" / m / quality) for m in methods]
     videos: list[Video] = []
     for method, label, folder in folders:
-        media = folder / "videos"
-        if not media.exists() and (folder / "images").exists():
-            media = folder / "images"  # frames already extracted by the FF++ scripts
-        _need(media, f"FF++ {method} {quality} videos folder",
-              "download it with the FF++ script, or choose --methods / --quality")
+        media = _ffpp_media(folder)
+        if not media.exists():
+            _need(media, f"FF++ {method} {quality} videos folder", _ffpp_hint(root, quality, label))
         unsplit = []
         for path in list_media(media):
             name = _stem(path)
@@ -319,23 +349,3 @@ def load(layout: str, root: Path, **options) -> list[Video]:
         if options.get("splits"):
             options["splits"] = Path(options["splits"])
     return LAYOUTS[name](Path(root), **options)
-
-
-def load_benchmark(root: Path, cfg):
-    """Training data from a folder written by ``python -m csdfd.preprocess`` (see
-    :func:`csdfd.data.frames.load_benchmark`; ``cfg.data`` may also be a ``NAME:PATH`` spec)."""
-    from . import frames
-
-    if ":" not in str(cfg.data):
-        index = json.loads(_need(Path(root) / "index.json", "preprocessed face index",
-                                 "run python -m csdfd.preprocess first").read_text())
-        cfg = _with_data(cfg, f"{index.get('dataset', 'folder')}:{root}")
-    return frames.load_benchmark(cfg)
-
-
-def _with_data(cfg, spec: str):
-    import copy
-
-    cfg = copy.copy(cfg)
-    cfg.data = spec
-    return cfg

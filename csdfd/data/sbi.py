@@ -1,93 +1,132 @@
 """Self-Blended Images (SBI): Shiohara and Yamasaki, "Detecting Deepfakes with Self-Blended
-Images", CVPR 2022, section 3. Stream 2 of CS-DFD (METHOD.md section 1) trains on these.
+Images", CVPR 2022, section 3, as their code does it (mapooon/SelfBlendedImages). Stream 2 of
+CS-DFD (METHOD.md section 1) trains on these pairs.
 
-A pseudo-fake is made from one real face and its landmarks. Two copies of the face, the
-*source* and the *target*, are made slightly different by the source-target generator (STG:
-colour and frequency augmentation of one of the two, then a small resize and shift of the
-source); the mask generator (MG) draws a convex hull of the landmarks (one of several variants),
-deforms it (the source's affine transform plus an elastic warp), blurs it in two stages and
-scales it by a random blend ratio; the source is then alpha-blended onto the target. The result
-carries the generic traces of face forgeries (blending boundary, colour and frequency mismatch,
-landmark mismatch) without an identity change, which is why a detector trained on it
-generalises.
+A pseudo-fake is made from one real face and its landmarks, without an identity change, so a
+detector trained on it learns the generic traces of face forgeries (blending boundary, colour
+and frequency mismatch, landmark mismatch). One training pair (:func:`sbi_pair`):
 
-For training, the real face and its pseudo-fake then go through the *same* random crop, flip and
-post-augmentation (colour, JPEG), so that only the blending tells them apart (:func:`sbi_pair`).
+1. Flip the face with p = 0.5.
+2. Blend frame: the 68-point landmark box widened by half its width on each side, its height
+   above and 0.4 of it below (SBI's first crop), clipped to the image.
+3. Mask generator: one of four hulls, uniformly (:data:`HULLS`); with 81-point landmarks the
+   forehead points are kept 75 % of the time (only ``facehull`` uses them).
+4. Source-target generator: one of two copies, the source or the target with p = 0.5 each,
+   gets RGB shift +-20 (p = 0.3), HSV shift +-0.3 (uint8 units, truncated as albumentations
+   does: at most one level), brightness and contrast +-0.1, then either
+   nearest downscaling by 2 or 4 and linear upscaling, or Sharpen (alpha 0.2-0.5, lightness
+   0.5-1). The source is then scaled by 0.95-1/0.95 (x and y apart) and shifted by up to
+   3 % / 1.5 % of the frame's width / height; the mask moves with it and is warped
+   elastically (alpha 50, sigma 7 pixels).
+5. Mask blur: resized to a random 192-256 size (w and h apart), Gaussian of an odd kernel
+   5-25 of which only the maximum is kept, Gaussian of an odd kernel 5-25 with sigma 5-45,
+   peak 1, resized back, scaled by a blend ratio from (0.25, 0.5, 0.75, 1, 1, 1).
+6. ``fake = mask * source + (1 - mask) * target``; **the real is the target**, augmented or
+   not: outside the mask, real and fake are the same image.
+7. Shared post-augmentation (same draw for both): RGB shift +-20, HSV shift +-0.3, brightness
+   and contrast +-0.3, each with p = 0.3; JPEG quality 40-100 with p = 0.5.
+8. Final crop: the face box with random margins of 5-20 % of its size per side.
 
-Every random choice comes from one ``numpy.random.Generator``, so a sample is a function of the
-seed. All work is whole-image OpenCV / numpy operations (no per-pixel Python); one 256 x 256
-sample takes a few milliseconds on one core (``pytest bench/bench_sbi.py``).
+Deviations from the published code, and why:
+
+- **Input size** ``size`` (default 256, the paper's crops; SBI trains at 380). The trainer
+  passes ``--img-size``; 380 reproduces SBI's.
+- **Final crop box**: SBI widens RetinaFace's box; we have no RetinaFace boxes and widen the
+  landmark box by the same 5-20 %, plus 10 % of its height above for 68 points, whose box stops
+  at the brows (81 points reach the forehead themselves).
+- **Resolution**: SBI blends at the video's resolution and resizes the final crop to 380. We
+  resample the blend frame once so that the final crop is exactly ``size`` pixels and blend
+  there: the pixel-level steps (3 x 3 sharpening, the 2 / 4 downscaling, the elastic warp's
+  7-pixel sigma, 8 x 8 JPEG blocks) act at the detector's resolution. One resampling fewer.
+- **Clipped blend frame**: stored crops (``csdfd.preprocess``, DeepfakeBench) are tighter than
+  SBI's first crop. Like SBI we clip the frame to the image, but we size the mask blur from the
+  unclipped box, as in SBI's usual case of a face far from the frame's edges.
+- **Rounding**: SBI truncates the blended float image to uint8, darkening the blended band by
+  half a grey level on average, a cue no real forgery has; we round.
+- **JPEG channel order**: albumentations encodes SBI's RGB arrays as if they were BGR, so
+  chroma is computed from swapped channels; we encode in the right order.
+- **Sub-pixel hulls**: Face X-ray truncates landmarks to whole pixels before drawing; we draw
+  with 1/16-pixel precision (no effect after the mask blur).
+- **Only what reaches the crop is computed** (:func:`_blend`, :func:`_post`): same pixels,
+  except that the nearest grid of the 2 / 4 downscaling starts at the corner of the box being
+  augmented rather than of the frame (a phase that is random in SBI too).
+- **Elastic field** drawn on a 3x coarser grid and upsampled, with the variance and correlation
+  length of albumentations' (:func:`csdfd.data.sbi_parts.elastic_field`, tested against scipy).
+- **Errors**: SBI's dataset catches any failure and draws another frame; we raise, naming the
+  input.
+- **Registry entry** :func:`sbi` (``--blend sbi`` on in-memory data and the validation fakes):
+  the registry pairs a fake with its input, so that entry always augments the source; the
+  training batches use both branches (``sbi.with_real``, ``sbi.pair``).
+
+Every random choice comes from one ``numpy.random.Generator`` (SBI mixes Python's and NumPy's
+global generators), so a sample is a function of the seed. All work is whole-image OpenCV /
+numpy operations; throughput: ``pytest bench/bench_sbi.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-#: iBUG 68-point landmark groups (dlib's 68-point model; the 81-point model adds 13 forehead
-#: points after these 68).
-JAW, BROWS, NOSE = np.arange(0, 17), np.arange(17, 27), np.arange(27, 36)
-RIGHT_EYE, LEFT_EYE, MOUTH = np.arange(36, 42), np.arange(42, 48), np.arange(48, 68)
-HULLS = ("full", "extended", "inner", "components")
+from . import sbi_geometry as G
+from .sbi_geometry import FOREHEAD_ORDER, MIRROR_68, MIRROR_81, hflip
+from .sbi_parts import (
+    HULLS,
+    ColourSpec,
+    apply_colour,
+    apply_frequency,
+    elastic,
+    hull_mask,
+    jpeg,
+    sample_blur,
+    sample_colour,
+    sample_frequency,
+    soften,
+)
 
-
-def _mirror_permutation() -> np.ndarray:
-    """Index map of the 68 points under a horizontal flip (left jaw <-> right jaw, ...)."""
-    perm = np.arange(68)
-    pairs = [(i, 16 - i) for i in range(8)] + [(17 + i, 26 - i) for i in range(5)]
-    pairs += [(31, 35), (32, 34), (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]
-    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67)]
-    for a, b in pairs:
-        perm[a], perm[b] = b, a
-    return perm
-
-
-MIRROR_68 = _mirror_permutation()
+__all__ = ["HULLS", "hull_mask", "SBIConfig", "DEFAULT", "SBISample", "sbi_pair", "augment",
+           "blend", "sbi", "hflip", "random_crop", "eval_crop", "eval_crop_landmarks",
+           "FOREHEAD_ORDER", "MIRROR_68", "MIRROR_81"]
 
 
 @dataclass(frozen=True)
 class SBIConfig:
-    """Ranges of every random choice. Pixel sizes are given at 256 x 256 and scale with ``size``.
+    """Every number of the recipe; the defaults are SBI's published ones (module docstring)."""
 
-    The paper fixes the structure (STG, MG, blend ratio, shared post-augmentation); the ranges
-    below are our choices of the same order as the paper's description.
-    """
-
-    size: int = 256  # output side of sbi_pair (the project's crops are 256 x 256)
-    # random crop margins around the landmark box, fraction of its width / height per side
-    crop_margin: tuple[float, float] = (0.04, 0.20)
-    crop_top_extra: float = 0.1  # 68 points stop at the brows: keep some forehead above them
+    size: int = 256  # output side (SBI: 380; the paper's crops and csdfd's default: 256)
     p_flip: float = 0.5
-    # STG colour + frequency augmentation, applied to the source (else to the target)
-    p_augment_source: float = 0.5
-    rgb_shift: float = 20.0  # per-channel additive shift, 0..255 scale
-    hue_shift: float = 10.0  # OpenCV hue units (180 = a full turn)
-    sat_shift: float = 30.0
-    val_shift: float = 20.0
-    brightness: float = 0.1  # additive, fraction of 255
-    contrast: float = 0.1  # gain in 1 +- contrast
-    # STG frequency augmentation: down-and-up-sampling (else unsharp masking)
-    p_downscale: float = 0.5
-    downscale: tuple[float, float] = (0.25, 0.5)
-    sharpen: tuple[float, float] = (0.5, 1.5)  # unsharp-mask amount
-    # STG geometry of the source (landmark mismatch)
-    source_scale: tuple[float, float] = (0.95, 1 / 0.95)
-    source_translate: float = 0.03  # fraction of the side
-    # MG
+    # SBI's first crop around the 68-point box: left, right, top, bottom (fractions of the box)
+    frame_margin: tuple[float, float, float, float] = (0.5, 0.5, 1.0, 0.4)
+    # final crop: margin per side, fraction of the box (SBI: box / 4 x U(0.2, 0.8))
+    crop_margin: tuple[float, float] = (0.05, 0.20)
+    crop_top_extra: float = 0.1  # 68 points stop at the brows: keep some forehead above them
+    # mask generator
     hulls: tuple[str, ...] = HULLS
-    brow_lift: tuple[float, float] = (0.3, 0.8)  # "extended" hull: brows raised by this x nose
-    elastic_sigma: float = 4.0  # std of the elastic displacement, pixels
-    elastic_grid: int = 5  # control points per side of the smooth displacement field
-    blur_kernel: tuple[float, float] = (5.0, 27.0)  # two Gaussian blurs, kernel side in pixels
+    p_forehead: float = 0.75  # with 81 points: keep the 13 forehead points this often
+    # source-target generator: which copy is augmented, colour, frequency, geometry
+    p_augment_source: float = 0.5
+    stg_colour: ColourSpec = ColourSpec(p_rgb=0.3, rgb=20.0, p_hsv=1.0, hsv=0.3, p_bc=1.0,
+                                        brightness=0.1, contrast=0.1)
+    downscale: tuple[int, ...] = (2, 4)
+    sharpen_alpha: tuple[float, float] = (0.2, 0.5)
+    sharpen_lightness: tuple[float, float] = (0.5, 1.0)
+    source_scale: tuple[float, float] = (0.95, 1 / 0.95)  # x and y drawn apart
+    source_translate: tuple[float, float] = (0.03, 0.015)  # x, y: fractions of the frame
+    elastic_alpha: float = 50.0
+    elastic_sigma: float = 7.0  # pixels
+    # mask blur and blend ratio
+    blur_size: tuple[int, int] = (192, 256)  # the blend frame is resized to this, per side
+    blur_kernel: tuple[int, int] = (5, 25)  # odd kernel sides
+    blur_sigma: tuple[int, int] = (5, 45)  # second blur's sigma (an integer)
     blend_ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
-    mask_scale: float = 0.5  # the mask is built at this fraction of the image size (speed)
     # post-augmentation shared by real and fake
-    p_post_colour: float = 1.0
-    jpeg_quality: tuple[int, int] = (40, 100)
+    post_colour: ColourSpec = ColourSpec(p_rgb=0.3, rgb=20.0, p_hsv=0.3, hsv=0.3, p_bc=0.3,
+                                         brightness=0.3, contrast=0.3)
     p_jpeg: float = 0.5
+    jpeg_quality: tuple[int, int] = (40, 100)
 
     def __post_init__(self) -> None:
         bad = [h for h in self.hulls if h not in HULLS]
@@ -95,17 +134,18 @@ class SBIConfig:
             raise ValueError(f"hulls must be a non-empty subset of {HULLS}, but got {self.hulls}")
         if self.size < 16:
             raise ValueError(f"size must be at least 16, but got {self.size}")
-        if not 0 < self.mask_scale <= 1:
-            raise ValueError(f"mask_scale must be in (0, 1], but got {self.mask_scale}")
+        k0, k1 = self.blur_kernel
+        if k0 < 1 or k0 % 2 == 0 or k1 < k0:
+            raise ValueError(f"blur_kernel must be (odd, >= it), but got {self.blur_kernel}")
 
 
 DEFAULT = SBIConfig()
 
 
 class SBISample(NamedTuple):
-    """A training pair: identically cropped and post-augmented real and self-blended fake."""
+    """A training pair: the same crop and post-augmentation of the real and its self-blend."""
 
-    real: np.ndarray  # [size, size, 3] uint8 RGB
+    real: np.ndarray  # [size, size, 3] uint8 RGB: the image the fake was blended into
     fake: np.ndarray  # [size, size, 3] uint8 RGB
     mask: np.ndarray  # [size, size] float32 in [0, 1]: blend weight of the source
     landmarks: np.ndarray  # [K, 2] float32, in the output crop
@@ -126,290 +166,227 @@ def check_face(img: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# colour and frequency augmentation (STG, and the shared post-augmentation)
+# the blend (steps 3-6 of the module docstring)
 
 
-class _Colour(NamedTuple):
-    gain: float
-    bias: np.ndarray  # [3] additive, 0..255 scale (RGB shift + brightness)
-    hsv: np.ndarray  # [3] shifts of H, S, V
+class Blended(NamedTuple):
+    real: np.ndarray  # the target: the image the fake was blended into
+    fake: np.ndarray
+    mask: np.ndarray
 
 
-def _sample_colour(rng: np.random.Generator, cfg: SBIConfig) -> _Colour:
-    shift = rng.uniform(-cfg.rgb_shift, cfg.rgb_shift, 3)
-    brightness = rng.uniform(-cfg.brightness, cfg.brightness) * 255.0
-    gain = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast)
-    hsv = rng.uniform(-1.0, 1.0, 3) * (cfg.hue_shift, cfg.sat_shift, cfg.val_shift)
-    return _Colour(gain, shift + brightness, hsv)
+def _source_affine(w: int, h: int, rng: np.random.Generator, cfg: SBIConfig) -> np.ndarray:
+    """albumentations' Affine as SBI calls it: scale about the image centre, then shift."""
+    sx, sy = rng.uniform(*cfg.source_scale, 2)
+    tx = rng.uniform(-cfg.source_translate[0], cfg.source_translate[0]) * w
+    ty = rng.uniform(-cfg.source_translate[1], cfg.source_translate[1]) * h
+    cx, cy = w / 2 - 0.5, h / 2 - 0.5
+    return np.array([[sx, 0, cx - sx * cx + tx], [0, sy, cy - sy * cy + ty]], np.float32)
 
 
-_X = np.arange(256, dtype=np.float32)
+def _mask(lm: np.ndarray, shape: tuple[int, int], box: tuple[float, float],
+          rng: np.random.Generator, cfg: SBIConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Mask generator on a frame of ``shape``: (blend mask, the source's affine map).
 
-
-def _apply_colour(img: np.ndarray, c: _Colour) -> np.ndarray:
-    """RGB shift, brightness and contrast as one per-channel lookup table, then an HSV shift."""
-    lut = np.clip(_X[:, None] * c.gain + c.bias[None, :], 0, 255)
-    out = cv2.LUT(img, np.round(lut).astype(np.uint8).reshape(1, 256, 3))
-    if not c.hsv.any():  # the uint8 HSV round trip is lossy: skip it when it would do nothing
-        return out
-    hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)  # uint8: H in [0, 180)
-    lut_h = np.mod(np.round(_X + c.hsv[0]), 180.0)
-    lut_sv = np.clip(np.round(_X[:, None] + c.hsv[None, 1:]), 0, 255)
-    lut = np.concatenate([lut_h[:, None], lut_sv], axis=1).astype(np.uint8)
-    return cv2.cvtColor(cv2.LUT(hsv, lut.reshape(1, 256, 3)), cv2.COLOR_HSV2RGB)
-
-
-def _frequency(img: np.ndarray, rng: np.random.Generator, cfg: SBIConfig) -> np.ndarray:
-    """Either lose high frequencies (down- then up-sampling) or boost them (unsharp mask)."""
-    h, w = img.shape[:2]
-    if rng.random() < cfg.p_downscale:
-        s = rng.uniform(*cfg.downscale)
-        small = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))),
-                           interpolation=cv2.INTER_AREA)
-        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    amount = rng.uniform(*cfg.sharpen)
-    kernel = np.full((3, 3), -amount / 9.0, np.float32)
-    kernel[1, 1] += 1.0 + amount  # identity + amount * (identity - box): sums to 1
-    return cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
-
-
-def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
-    """JPEG round trip (colour order converted so that chroma is subsampled correctly)."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
-        raise RuntimeError("JPEG encoding failed")
-    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
-# ---------------------------------------------------------------------------------------------
-# mask generator (MG)
-
-
-def hull_mask(landmarks: np.ndarray, shape: tuple[int, int], variant: str,
-              brow_lift: float = 0.5) -> np.ndarray:
-    """Filled convex hull(s) of the landmarks as a float32 {0, 1} mask of ``shape`` (H, W).
-
-    Variants: ``full`` (all points; with 81 points this includes the forehead), ``extended``
-    (68 points plus the brows raised by ``brow_lift`` x the nose length, reaching the forehead),
-    ``inner`` (brows, eyes, nose and mouth, without the jaw line) and ``components`` (separate
-    hulls of each eye with its brow, and of nose plus mouth).
+    ``box`` is (w, h) of SBI's first crop in frame pixels: it sets the scale of the blur.
     """
-    lm = landmarks
-    if variant == "full":
-        parts = [lm]
-    elif variant == "extended":
-        up = lm[27] - lm[30]  # from the nose tip to the bridge: "up" the face, nose-length long
-        parts = [np.concatenate([lm[:68], lm[BROWS] + brow_lift * up])]
-    elif variant == "inner":
-        parts = [lm[17:68]]
-    elif variant == "components":
-        parts = [lm[np.r_[17:22, 36:42]], lm[np.r_[22:27, 42:48]], lm[np.r_[27:36, 48:68]]]
-    else:
-        raise ValueError(f"unknown hull variant {variant!r}; choose one of {HULLS}")
-    mask = np.zeros(shape, np.uint8)
-    for p in parts:  # 4 fractional bits: sub-pixel accurate polygon edges
-        hull = cv2.convexHull(np.round(p * 16.0).astype(np.int32))
-        cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8, shift=4)
-    return mask.astype(np.float32)
+    h, w = shape
+    if lm.shape[0] == 81 and rng.random() >= cfg.p_forehead:
+        lm = lm[:68]
+    variant = cfg.hulls[rng.integers(len(cfg.hulls))]
+    affine = _source_affine(w, h, rng, cfg)
+    # the hull moves with the source: drawn from the moved landmarks (an affine map moves a
+    # convex hull onto the hull of the moved points), which SBI gets by warping the mask
+    mask = hull_mask(G.move(lm, affine), (h, w), variant)
+    mask = elastic(mask, rng, cfg.elastic_alpha, cfg.elastic_sigma)
+    b = sample_blur(rng, cfg.blur_size, cfg.blur_kernel, cfg.blur_sigma)
+    # SBI resizes its first crop to b.size; ours may be clipped: keep the box's scale
+    side = (max(8, round(b.size[0] * w / box[0])), max(8, round(b.size[1] * h / box[1])))
+    mask = soften(mask, b._replace(size=side))
+    mask *= cfg.blend_ratios[rng.integers(len(cfg.blend_ratios))]
+    return mask, affine
 
 
-def _elastic(mask: np.ndarray, rng: np.random.Generator, cfg: SBIConfig) -> np.ndarray:
-    """Smooth random warp: Gaussian displacements on a coarse grid, bicubically upsampled."""
-    h, w = mask.shape
-    sigma = cfg.elastic_sigma * min(h, w) / 256.0
-    g = cfg.elastic_grid
-    disp = rng.normal(0.0, sigma, (2, g, g)).astype(np.float32)
-    dx = cv2.resize(disp[0], (w, h), interpolation=cv2.INTER_CUBIC)
-    dy = cv2.resize(disp[1], (w, h), interpolation=cv2.INTER_CUBIC)
-    gx, gy = _grid(h, w)
-    return cv2.remap(mask, gx + dx, gy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+def _blend(read: G.Reader, shape: tuple[int, int], lm: np.ndarray, box: tuple[float, float],
+           out: G.Box, rng: np.random.Generator, cfg: SBIConfig) -> Blended:
+    """SBI's self_blending on a frame of ``shape`` whose pixels ``read`` gives; real, fake and
+    mask come back for the box ``out`` of it.
 
+    Only the pixels that reach ``out`` are computed: the fake differs from the target only
+    inside the mask, so the source is warped and blended only over the mask's bounding box,
+    from the box it comes from (grown by 8 pixels, beyond the reach of the 3 x 3 sharpening
+    and of the linear upsampling after a 4x downscale).
+    """
+    mask, affine = _mask(lm, shape, box, rng, cfg)
+    colour = sample_colour(rng, cfg.stg_colour)
+    freq = sample_frequency(rng, cfg.downscale, cfg.sharpen_alpha, cfg.sharpen_lightness)
+    augment_source = rng.random() < cfg.p_augment_source
 
-_GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    def copy(b: G.Box, augmented: bool) -> np.ndarray:
+        return apply_frequency(apply_colour(read(b), colour), freq) if augmented else read(b)
 
-
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    if (h, w) not in _GRIDS:
-        gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
-        _GRIDS[(h, w)] = (gx, gy)
-    return _GRIDS[(h, w)]
-
-
-def _odd(k: float) -> int:
-    k = max(1, int(round(k)))
-    return k if k % 2 else k + 1
-
-
-def _soften(mask: np.ndarray, rng: np.random.Generator, cfg: SBIConfig) -> np.ndarray:
-    """Two-stage blur: the first blur, thresholded at 1, erodes the mask by a random width;
-    the second blurs the eroded mask, giving a random soft boundary. Peak normalised to 1."""
-    scale = min(mask.shape) / 256.0
-    k1 = _odd(rng.uniform(*cfg.blur_kernel) * scale)
-    k2 = _odd(rng.uniform(*cfg.blur_kernel) * scale)
-    first = cv2.GaussianBlur(mask, (k1, k1), 0)
-    core = (first > 0.99).astype(np.float32)
-    soft = cv2.GaussianBlur(core if core.any() else first, (k2, k2), 0)
-    peak = float(soft.max())
-    return soft / peak if peak > 0 else soft
-
-
-# ---------------------------------------------------------------------------------------------
-# the algorithm
+    ox0, oy0, ox1, oy1 = out
+    m = np.ascontiguousarray(mask[oy0:oy1, ox0:ox1])
+    target = copy(out, not augment_source)
+    fake = target.copy()
+    x, y, bw, bh = cv2.boundingRect((m > 0).astype(np.uint8))
+    if bw and bh:
+        inner = (ox0 + x, oy0 + y, ox0 + x + bw, oy0 + y + bh)
+        pre = G.preimage(affine, inner, 8, shape)
+        local = affine.copy()  # pixels of `pre` -> pixels of `inner`
+        local[:, 2] += affine[:, :2] @ np.float32(pre[:2]) - np.float32(inner[:2])
+        source = cv2.warpAffine(copy(pre, augment_source), local, (bw, bh),
+                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        mm = m[y:y + bh, x:x + bw]
+        # mask * source + (1 - mask) * target, rounded (SBI truncates)
+        fake[y:y + bh, x:x + bw] = cv2.blendLinear(source, target[y:y + bh, x:x + bw], mm,
+                                                   1.0 - mm)
+    return Blended(target, fake, m)
 
 
 def blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
-          cfg: SBIConfig = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
-    """One self-blended image of ``img`` (same size): returns (fake uint8, mask float32).
+          cfg: SBIConfig = DEFAULT) -> Blended:
+    """One self-blend of the whole ``img`` (no crop, no post-augmentation): (real, fake, mask).
 
-    STG then MG then ``fake = mask * source + (1 - mask) * target``. No crop or
-    post-augmentation: :func:`sbi_pair` adds those, identically for the real image.
+    ``real`` is the target the source was blended into: ``img`` itself, or its augmented copy
+    when the source-target generator augments the target (p = 1 - ``p_augment_source``).
     """
     lm = check_face(img, landmarks)
+    x0, y0, x1, y1 = G.crop_box(lm[:68], np.asarray(cfg.frame_margin))
     h, w = img.shape[:2]
-    # STG: colour + frequency augmentation of one of the two copies
-    augmented = _frequency(_apply_colour(img, _sample_colour(rng, cfg)), rng, cfg)
-    source, target = (augmented, img) if rng.random() < cfg.p_augment_source else (img, augmented)
-    # STG: resize + shift of the source around the face centre (landmark mismatch)
-    centre = lm[:68].mean(axis=0)
-    s = rng.uniform(*cfg.source_scale)
-    shift = rng.uniform(-cfg.source_translate, cfg.source_translate, 2) * (w, h)
-    affine = np.array([[s, 0, (1 - s) * centre[0] + shift[0]],
-                       [0, s, (1 - s) * centre[1] + shift[1]]], np.float32)
-    source = cv2.warpAffine(source, affine, (w, h), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_REFLECT_101)
-    # MG: hull variant, moved with the source, elastic warp, two-stage blur, blend ratio. It
-    # runs at cfg.mask_scale of the image size: the blurred mask is smooth, so one bilinear
-    # upsampling at the end loses nothing and saves most of the mask's cost.
-    variant = cfg.hulls[rng.integers(len(cfg.hulls))]
-    mh, mw = max(8, round(h * cfg.mask_scale)), max(8, round(w * cfg.mask_scale))
-    k = np.array([mw / w, mh / h], np.float32)
-    mask = hull_mask(lm * k, (mh, mw), variant, rng.uniform(*cfg.brow_lift))
-    small = affine.copy()
-    small[:, 2] *= k  # the same resize + shift in the mask's pixels
-    mask = cv2.warpAffine(mask, small, (mw, mh), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT)
-    mask = _soften(_elastic(mask, rng, cfg), rng, cfg)
-    if (mh, mw) != (h, w):
-        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
-        mask /= max(float(mask.max()), 1e-12)
-    mask *= cfg.blend_ratios[rng.integers(len(cfg.blend_ratios))]
-    fake = cv2.blendLinear(source, target, mask, 1.0 - mask)  # mask * source + (1 - mask) * target
-    return fake, mask
+    return _blend(lambda b: img[b[1]:b[3], b[0]:b[2]], (h, w), lm, (x1 - x0, y1 - y0),
+                  (0, 0, w, h), rng, cfg)
 
 
-def _crop(img: np.ndarray, lm: np.ndarray, margins: np.ndarray,
-          size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Crop the landmark box grown by ``margins`` (left, right, top, bottom; fractions of the
-    box), resized to ``size`` square; beyond the image is black, as in preprocessing."""
-    affine = _crop_affine(lm, margins, size)
-    out = cv2.warpAffine(img, affine, (size, size), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT)
-    return out, (lm * affine[[0, 1], [0, 1]] + affine[:, 2]).astype(np.float32)
+# ---------------------------------------------------------------------------------------------
+# the final crop alone (evaluation takes the middle of its margins)
 
 
-def _crop_affine(lm: np.ndarray, margins: np.ndarray, size: int) -> np.ndarray:
-    (x0, y0), (x1, y1) = lm.min(axis=0), lm.max(axis=0)
-    bw, bh = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
-    cx0, cx1 = x0 - margins[0] * bw, x1 + margins[1] * bw
-    cy0, cy1 = y0 - margins[2] * bh, y1 + margins[3] * bh
-    sx, sy = size / (cx1 - cx0), size / (cy1 - cy0)
-    return np.array([[sx, 0, -cx0 * sx], [0, sy, -cy0 * sy]], np.float32)
-
-
-def _top_extra(lm: np.ndarray, cfg: SBIConfig) -> float:
-    return cfg.crop_top_extra if lm.shape[0] == 68 else 0.0  # 81 points reach the forehead
+def _margins(lm: np.ndarray, rng: np.random.Generator | None, cfg: SBIConfig) -> np.ndarray:
+    """Final-crop margins (left, right, top, bottom); the middle of the range without ``rng``."""
+    if rng is None:
+        margins = np.full(4, sum(cfg.crop_margin) / 2)
+    else:
+        margins = rng.uniform(*cfg.crop_margin, 4)
+    margins[2] += cfg.crop_top_extra if lm.shape[0] == 68 else 0.0  # 81 reach the forehead
+    return margins
 
 
 def random_crop(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
                 cfg: SBIConfig = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
-    """Crop the landmark box plus random margins per side, resized to ``cfg.size`` square."""
+    """The final crop alone: landmark box plus random margins per side, ``cfg.size`` square."""
     lm = check_face(img, landmarks)
-    margins = rng.uniform(*cfg.crop_margin, 4)
-    margins[2] += _top_extra(lm, cfg)
-    return _crop(img, lm, margins, cfg.size)
+    return _crop(img, lm, _margins(lm, rng, cfg), cfg.size)
 
 
-def _eval_margins(lm: np.ndarray, cfg: SBIConfig) -> np.ndarray:
-    margins = np.full(4, sum(cfg.crop_margin) / 2)
-    margins[2] += _top_extra(lm, cfg)
-    return margins
+def _crop(img: np.ndarray, lm: np.ndarray, margins: np.ndarray,
+          size: int) -> tuple[np.ndarray, np.ndarray]:
+    affine = G.crop_affine(lm, margins, size)
+    out = cv2.warpAffine(img, affine, (size, size), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT)
+    return out, G.move(lm, affine)
 
 
 def eval_crop(img: np.ndarray, landmarks: np.ndarray,
               cfg: SBIConfig = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
-    """The deterministic crop for evaluation: margins at the middle of the training range."""
+    """The deterministic crop for evaluation: margins at the middle of the training range
+    (SBI's test crop: box / 8 per side)."""
     lm = check_face(img, landmarks)
-    return _crop(img, lm, _eval_margins(lm, cfg), cfg.size)
+    return _crop(img, lm, _margins(lm, None, cfg), cfg.size)
 
 
 def eval_crop_landmarks(landmarks: np.ndarray, cfg: SBIConfig = DEFAULT) -> np.ndarray:
     """Where :func:`eval_crop` moves the landmarks (no image needed)."""
     lm = np.asarray(landmarks, np.float32)
-    affine = _crop_affine(lm, _eval_margins(lm, cfg), cfg.size)
-    return (lm * affine[[0, 1], [0, 1]] + affine[:, 2]).astype(np.float32)
+    return G.move(lm, G.crop_affine(lm, _margins(lm, None, cfg), cfg.size))
 
 
-def hflip(img: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror image and landmarks; points are re-indexed so that 36 stays the right eye's corner."""
-    out = np.ascontiguousarray(img[:, ::-1])
-    lm = landmarks.copy()
-    lm[:, 0] = img.shape[1] - landmarks[:, 0]
-    lm[:68] = lm[MIRROR_68]
-    return out, lm
+# ---------------------------------------------------------------------------------------------
+# the training pair and the matching augmentation of unblended frames
 
 
-def _post(images: list[np.ndarray], rng: np.random.Generator,
+def _post(images: list[np.ndarray], f: G.Frame, rng: np.random.Generator,
           cfg: SBIConfig) -> list[np.ndarray]:
-    """The same colour jitter and JPEG quality for every image of ``images``."""
-    if rng.random() < cfg.p_post_colour:
-        colour = _sample_colour(rng, cfg)
-        images = [_apply_colour(im, colour) for im in images]
+    """The same colour jitter and JPEG for each of ``images`` (the frame's ``f.region``), then
+    the final crop.
+
+    JPEG of the region gives the crop exactly what JPEG of the whole frame would (the region
+    follows the frame's block grid and reaches a block beyond the crop); colour is per pixel.
+    """
+    colour = sample_colour(rng, cfg.post_colour)
+    quality = None
     if rng.random() < cfg.p_jpeg:
         quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
-        images = [_jpeg(im, quality) for im in images]
-    return images
+    x, y, s = f.offset[0] - f.region[0], f.offset[1] - f.region[1], cfg.size
+    out = []
+    for im in images:
+        if quality is None:  # only the crop is needed
+            out.append(apply_colour(np.ascontiguousarray(im[y:y + s, x:x + s]), colour))
+        else:
+            out.append(np.ascontiguousarray(jpeg(apply_colour(im, colour), quality)
+                                            [y:y + s, x:x + s]))
+    return out
 
 
-def augment(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
-            cfg: SBIConfig = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
-    """SBI's training augmentation without the blend: random crop, flip, colour, JPEG.
-
-    For frames that enter training beside SBI pairs (original fakes of stream 1), so that
-    every training image sees the same augmentation distribution.
-    """
-    img, lm = random_crop(img, landmarks, rng, cfg)
+def _start(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
+           cfg: SBIConfig) -> tuple[G.Frame, np.ndarray, G.Reader]:
+    """Steps 1, 2 and 8's crop draw: flip, the frame and the landmarks in it, its reader."""
+    lm = check_face(img, landmarks)
     if rng.random() < cfg.p_flip:
-        img, lm = hflip(img, lm)
-    return _post([img], rng, cfg)[0], lm
+        img, lm = G.hflip(img, lm)
+    f = G.frame(lm, img.shape, _margins(lm, rng, cfg), cfg.frame_margin, cfg.size)
+    return f, G.move(lm, f.affine), G.reader(img, f)
 
 
 def sbi_pair(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
              cfg: SBIConfig = DEFAULT) -> SBISample:
-    """The full SBI training pair: crop with random margins, flip, blend, shared post-aug.
+    """The full SBI training pair (steps 1-8 of the module docstring) from a face image and its
+    68 or 81 landmarks. ``real`` is the image the fake was blended into, with the same crop,
+    colour jitter and JPEG: outside the mask they are the same pixels."""
+    f, flm, read = _start(img, landmarks, rng, cfg)
+    pair = _blend(read, f.shape, flm, f.box, f.region, rng, cfg)
+    real, fake = _post([pair.real, pair.fake], f, rng, cfg)
+    x, y, s = f.offset[0] - f.region[0], f.offset[1] - f.region[1], cfg.size
+    mask = np.ascontiguousarray(pair.mask[y:y + s, x:x + s])
+    return SBISample(real, fake, mask, (flm - f.offset).astype(np.float32))
 
-    ``real`` and ``fake`` share the crop, the flip, the colour jitter and the JPEG quality, so
-    that the blending artefacts are the only difference between them.
+
+def augment(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
+            cfg: SBIConfig = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
+    """SBI's training augmentation without the blend: flip, crop, colour, JPEG, with the same
+    distributions as :func:`sbi_pair` (JPEG block grid included).
+
+    For frames that enter training beside SBI pairs (original fakes of stream 1), so that no
+    stream can be told apart by its augmentation.
     """
-    img, lm = random_crop(img, landmarks, rng, cfg)
-    if rng.random() < cfg.p_flip:
-        img, lm = hflip(img, lm)
-    fake, mask = blend(img, lm, rng, cfg)
-    real, fake = _post([img, fake], rng, cfg)
-    return SBISample(real, fake, mask, lm)
+    f, flm, read = _start(img, landmarks, rng, cfg)
+    return _post([read(f.region)], f, rng, cfg)[0], (flm - f.offset).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the blend registry entry (csdfd.data.BLENDS)
+
+_SOURCE_ONLY = replace(DEFAULT, p_augment_source=1.0)
 
 
 def sbi(img: np.ndarray, landmarks: np.ndarray,
         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Blend-registry entry (same signature as the simple self-blend): (fake, mask) of ``img``.
+    """Blend-registry entry: (fake, mask) of the whole ``img``, whose real is ``img``.
 
-    Only the blending (STG + MG); the caller augments real and fake alike. Use
-    :func:`sbi_pair` for the paper's full pipeline with the shared crop and post-augmentation.
+    The registry's contract pairs the fake with its input, so this entry always augments the
+    source (SBI's first branch). The training pipeline (:mod:`csdfd.data.stream`) uses
+    ``sbi.with_real`` (both branches, returning the real) or ``sbi.pair`` (the full pair).
     """
-    return blend(img, landmarks, rng, DEFAULT)
+    out = blend(img, landmarks, rng, _SOURCE_ONLY)
+    return out.fake, out.mask
 
 
-# On real data the training pipeline (csdfd.data.stream) uses the full pair and the matching
-# augmentation of unblended frames through these attributes of the registry entry.
+def _with_real(img: np.ndarray, landmarks: np.ndarray,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return tuple(blend(img, landmarks, rng))  # type: ignore[return-value]
+
+
+sbi.with_real = _with_real  # type: ignore[attr-defined]
 sbi.pair = sbi_pair  # type: ignore[attr-defined]
 sbi.augment = augment  # type: ignore[attr-defined]
+sbi.config = SBIConfig  # type: ignore[attr-defined]

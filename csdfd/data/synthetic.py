@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ArrayFrames, Benchmark
+from .base import ArrayFrames, Benchmark
 from .forgeries import SOURCE_FAMILIES, TARGET_CAPTURE, TARGET_FAMILIES, Family
 from .render import finish, render, sample_frame, sample_identity
 

@@ -56,14 +56,35 @@ def _device_ok(name: str, device_type: str) -> str:
     return ""
 
 
-def availability(device: str | torch.device = "cpu") -> dict[str, str]:
-    """Map every backend to "" if it can run on ``device`` tensors, else to the reason it cannot."""
-    device_type = torch.device(device).type
+def availability(device: str | torch.device = "cpu") -> dict[str, str] | str:
+    """Map every backend to "" if it can run on ``device`` tensors, else to the reason it cannot.
+
+    Given a backend name that is not also a device type (``"reference"``, ``"triton"``,
+    ``"cpp"``), the answer for that one backend as a string: "" if it runs here on CPU or CUDA
+    tensors, else why not. (``"cuda"`` is a device, so it gets the map for CUDA tensors.)
+    """
+    try:
+        device_type = torch.device(device).type
+    except (RuntimeError, TypeError):  # torch's own "Expected one of cpu, cuda, ..." error
+        if device in ALL:
+            return _backend_reason(device)
+        raise ValueError(f"availability({device!r}): give a device ('cpu', 'cuda', 'cuda:1') "
+                         f"or a backend name from {list(ALL)}") from None
     out = {}
     for name in ALL:
         reason = _device_ok(name, device_type)
         out[name] = reason or _load(name)[1]
     return out
+
+
+def _backend_reason(name: str) -> str:
+    """"" if backend ``name`` runs on CPU or CUDA tensors here, else the reasons for both."""
+    reasons = {d: availability(d)[name] for d in ("cpu", "cuda")}
+    if not all(reasons.values()):
+        return ""
+    if len(set(reasons.values())) == 1:
+        return reasons["cpu"]
+    return "; ".join(f"{d} tensors: {why}" for d, why in reasons.items())
 
 
 def backends(device: str | torch.device | None = None) -> list[str]:
