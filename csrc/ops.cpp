@@ -279,5 +279,10 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyModule_AddObject(mod, "TINY", PyFloat_FromDouble(csdfd::kTiny));
   PyModule_AddObject(mod, "ZERO_REL_F32", PyFloat_FromDouble(csdfd::kZeroRelF32));
   PyModule_AddObject(mod, "ZERO_REL_F64", PyFloat_FromDouble(csdfd::kZeroRelF64));
+  PyModule_AddObject(mod, "RIDGE", PyFloat_FromDouble(csdfd::kRidge));
+  PyModule_AddObject(mod, "KKT_TOL", PyFloat_FromDouble(csdfd::kKktTol));
+  PyModule_AddIntConstant(mod, "POLISH_ROUNDS", csdfd::kPolishRounds);
+  PyModule_AddIntConstant(mod, "NNLS_ROUNDS", csdfd::kNnlsRounds);
+  PyModule_AddIntConstant(mod, "NNLS_REFINE", csdfd::kNnlsRefine);
   return mod;
 }

@@ -221,16 +221,22 @@ def block_params(kp: int, interpret: bool = False) -> dict:
     GPU, in all under the interpreter). Shared with the AOT compile test.
 
     Pass 1 keeps one [KP, KP, BLOCK1] float32 accumulator: 8192 elements (32 registers a thread
-    at 8 warps) whatever K, so a K = 2 program streams 2048 columns (16 KB of fp32) a block
-    (59 registers for K = 2 fp32, sm_90 ptxas: 4 programs fit on an SM).
+    at 8 warps) whatever K, so a K = 2 program streams 2048 columns (16 KB of fp32) a block.
+    Its last program also runs the float64 K x K solve, which alone would take 94 registers
+    (K = 2; 214 for K = 3..8), so pass 1 is capped at ``maxnreg1``: 64 for K = 2 (4 programs
+    fit on an SM) and 128 otherwise (2 programs, as before the float64 solve). ptxas then
+    spills in the solve, after the ticket, and at most a few values around the streaming
+    loops, never inside them (tests/test_triton_compile.py checks the SASS).
     Pass 2 holds a [KP, BLOCK2] tile: 4096 elements, 16 a thread at 8 warps (64 registers for
     K = 2 fp32, sm_90 ptxas; 123 at 4 warps).
     RBLOCK covers the usual 4 programs per SM in one load when K = 2.
     """
     if interpret:  # TRITON_INTERPRET: few, large programs run fastest
-        return dict(block1=4096, block2=4096, rblock=64, warps1=4, warps2=4, programs=2)
+        return dict(block1=4096, block2=4096, rblock=64, warps1=4, warps2=4, programs=2,
+                    maxnreg1=None)
     return dict(block1=max(64, 8192 // (kp * kp)), block2=max(512, 4096 // kp),
-                rblock=max(16, 8192 // (2 * kp * kp)), warps1=8, warps2=8, programs=4)
+                rblock=max(16, 8192 // (2 * kp * kp)), warps1=8, warps2=8, programs=4,
+                maxnreg1=64 if kp == 2 else 128)
 
 
 @functools.lru_cache(maxsize=64)
@@ -259,7 +265,7 @@ def gram_pass(buf: torch.Tensor, split: int, diag: torch.Tensor, c: float, tau: 
         buf, buf.stride(0), split, p, part, ticket, diag, coef,
         k, float(c), float(tau), int(iters), float(beta0), float(beta_max), float(rel),
         KP=kp, BLOCK=cfg["block1"], RBLOCK=cfg["rblock"], EXACT=solver == "exact",
-        NB=backtracks, num_warps=cfg["warps1"],
+        NB=backtracks, num_warps=cfg["warps1"], maxnreg=cfg.get("maxnreg1"),
     )
     return coef
 

@@ -79,6 +79,12 @@ def test_solver_constants_match_reference():
 
     assert ext._C.ZERO_REL_F32 == ZERO_REL[torch.float32]
     assert ext._C.ZERO_REL_F64 == ZERO_REL[torch.float64]
+    from csdfd.ops import solver
+
+    assert ext._C.RIDGE == solver.RIDGE and ext._C.KKT_TOL == solver.KKT_TOL
+    assert ext._C.POLISH_ROUNDS == solver.POLISH_ROUNDS
+    assert ext._C.NNLS_ROUNDS == solver.NNLS_ROUNDS
+    assert ext._C.NNLS_REFINE == solver.NNLS_REFINE
 
 
 @built

@@ -37,7 +37,7 @@ def check_pair(g1: torch.Tensor, g2: torch.Tensor) -> None:
 
 
 def check_solver(gram: torch.Tensor, c: float, solver: str) -> int:
-    """Validate a [K, K] Gram matrix, the trust-region size c (eq. 11) and the solver name."""
+    """Validate a [K, K] Gram matrix, the trust-region size c (eq. 9) and the solver name."""
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 2:
         raise ValueError(
             f"gram must be a square [K, K] matrix with K >= 2, got {tuple(gram.shape)}"
@@ -47,7 +47,7 @@ def check_solver(gram: torch.Tensor, c: float, solver: str) -> int:
 
 
 def check_mu_args(k: int, c: float, solver: str) -> None:
-    """Validate the trust-region size c (eq. 11) and the solver name for K streams."""
+    """Validate the trust-region size c (eq. 9) and the solver name for K streams."""
     if not c >= 0:
         raise ValueError(f"c must be non-negative, but got {c}")
     if solver not in SOLVERS:

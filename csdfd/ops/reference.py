@@ -4,6 +4,8 @@ Paper: "Suppressing Gradient Conflict for Generalizable Deepfake Detection" (Liu
 Equation numbers below are the paper's. Notation: K stream gradients g_1..g_K (rows of a [K, P]
 tensor), g0 = sum_j g_j, G_ij = g_i . g_j (the Gram matrix), mu on the simplex, gw = sum_j mu_j g_j.
 
+The K x K part (the dual solve for mu and the choice of the update at Pareto-stationary
+points, all in float64) is in :mod:`csdfd.ops.solver`, which belongs to this specification.
 Written for reading, not speed; it never synchronises with the device (no ``.item()``), so it
 also runs inside a training step. Degenerate inputs follow the status flags in
 :mod:`csdfd.ops.stats`.
@@ -13,28 +15,30 @@ from __future__ import annotations
 
 import torch
 
+from . import solver as kk
 from .checks import check_grads, check_mu_args, check_pair, check_solver, check_split
+from .solver import (  # noqa: F401 - the solver's settings, re-exported as the spec's
+    BACKTRACKS,
+    EXACT_ITERS,
+    PGD_BETA0,
+    PGD_BETA_MAX,
+    PGD_ITERS,
+    project_simplex,
+)
 from .stats import (
     NONFINITE,
     ZERO_G0,
     ZERO_GP,
     ZERO_GW,
     ZERO_REL,
+    UNIT_ROUNDOFF,
     StepStats,
     UVSResult,
     acc_dtype,
     diag_size,
 )
 
-#: Defaults of the mu loop (paper eq. 16 leaves them open; see solve_mu).
-PGD_ITERS = 64
-PGD_BETA0 = 1.0
-#: Cap on the step: on a trace-normalised Gram one step of 64 already reaches any vertex, and a
-#: larger one only costs precision in the projection (fp32 kernels).
-PGD_BETA_MAX = 64.0
-BACKTRACKS = 16
-EXACT_ITERS = 64
-_TINY = 1e-30
+_TINY = kk._TINY
 
 
 def gram(grads: torch.Tensor) -> torch.Tensor:
@@ -49,106 +53,17 @@ def gram(grads: torch.Tensor) -> torch.Tensor:
     return g @ g.T
 
 
-def _psi(gn: torch.Tensor, b: torch.Tensor, s0: torch.Tensor, c: float, mu: torch.Tensor):
-    """Dual objective psi(mu) = gw . g0 + c ||g0|| ||gw|| (eq. 15) from the Gram matrix; ``mu``
-    may be one point [K] or a batch of points [B, K]."""
-    gw_sq = ((mu @ gn) * mu).sum(-1)
-    return mu @ b + c * s0 * gw_sq.clamp_min(0).sqrt()
-
-
-def project_simplex(x: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of each row of ``x`` ([K] or [B, K]) onto the probability simplex
-    (sort-based, Held et al. 1974)."""
-    u, _ = torch.sort(x, dim=-1, descending=True)
-    k = torch.arange(1, x.shape[-1] + 1, dtype=x.dtype, device=x.device)
-    theta_k = (torch.cumsum(u, -1) - 1) / k
-    # theta* is the largest candidate threshold theta_k (they rise, peak, then fall).
-    return (x - theta_k.amax(-1, keepdim=True)).clamp_min(0)
-
-
-def _normalized(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Finite, trace-normalised copy of G (scale does not change mu*, METHOD.md section 2)
-    and a flag telling whether G was finite."""
-    finite = torch.isfinite(g).all()
-    g = torch.where(finite, g, torch.zeros_like(g))
-    tr = g.diagonal().sum()
-    return g / tr.clamp_min(_TINY), finite
-
-
-def _pgd(gn: torch.Tensor, c: float, iters: int, beta0: float) -> torch.Tensor:
-    """Projected gradient descent on the simplex (eq. 16) on a trace-normalised Gram matrix.
-
-    Each iteration is eq. 16's step mu+ = Proj(y - beta * dpsi/dmu(y)) with
-    dpsi/dmu_j = b_j + c ||g0|| (G y)_j / ||gw(y)||, b_j = g_j . g0. Choices the paper leaves open:
-
-    - start: uniform mu (gw = g0 / K);
-    - step: backtracking on the sufficient-decrease condition
-      psi(mu+) <= psi(y) + grad . d + ||d||^2 / (2 beta), d = mu+ - y (Beck and Teboulle),
-      trying beta = 2 beta_prev, beta_prev, beta_prev / 2, ... (``BACKTRACKS`` candidates at
-      once; the largest that passes wins), so the step follows the local curvature
-      c ||g0|| / ||gw||, which no fixed beta fits; capped at ``PGD_BETA_MAX``;
-    - y: Nesterov extrapolation (FISTA) with a restart whenever psi goes up (O'Donoghue and
-      Candes), so the iterates are monotone and converge as O(1/t^2) for any K.
-
-    64 iterations reach the optimum to ~1e-15 of ||g0||^2 in float64 and to float32 rounding in
-    float32 over the test families (tests/test_solve_mu.py). If no step passes (a kink at
-    gw = 0), mu stays put.
-    """
-    k = gn.shape[0]
-    b = gn.sum(0)  # b_j = g_j . g0
-    s0 = b.sum().clamp_min(0).sqrt()  # ||g0||
-    mu = torch.full((k,), 1.0 / k, dtype=gn.dtype, device=gn.device)
-    f_mu = _psi(gn, b, s0, c, mu)
-    y, t = mu, gn.new_tensor(1.0)
-    beta = gn.new_tensor(beta0)
-    ladder = 2.0 ** (1 - torch.arange(BACKTRACKS, dtype=gn.dtype, device=gn.device))
-    slack = 16 * torch.finfo(gn.dtype).eps * (b.sum() + 1)
-    for _ in range(iters):
-        gy = gn @ y
-        nw = (y @ gy).clamp_min(0).sqrt()  # ||gw(y)||
-        grad = b + c * s0 * gy / nw.clamp_min(_TINY)
-        f_y = _psi(gn, b, s0, c, y)
-        betas = beta * ladder  # [B] candidate steps, largest first
-        cand = project_simplex(y - betas[:, None] * grad)  # [B, K]
-        d = cand - y
-        f_cand = _psi(gn, b, s0, c, cand)
-        ok = f_cand <= f_y + d @ grad + (d * d).sum(-1) / (2 * betas) + slack * (1 + f_y.abs())
-        first, moved = torch.argmax(ok.to(torch.int8)), ok.any()  # largest accepted step
-        new = torch.where(moved, cand[first], y)
-        f_new = torch.where(moved, f_cand[first], f_y)
-        beta = torch.where(moved, betas[first], beta * ladder[-1]).clamp(max=PGD_BETA_MAX)
-        # momentum, restarted when the objective went up
-        worse = f_new > f_mu
-        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        y = torch.where(worse, mu, new + ((t - 1) / t_next) * (new - mu))
-        t = torch.where(worse, torch.ones_like(t), t_next)
-        mu = torch.where(worse, mu, new)
-        f_mu = torch.minimum(f_mu, f_new)
-    return mu
-
-
-def _exact2(gn: torch.Tensor, c: float, iters: int) -> torch.Tensor:
-    """Exact K = 2 dual solution: psi(t) with mu = (t, 1 - t) is convex on [0, 1], so bisection
-    on the sign of dpsi/dt = (b_0 - b_1) + c ||g0|| ((G mu)_0 - (G mu)_1) / ||gw|| finds the
-    minimiser to machine precision (64 halvings). At a kink (||gw|| = 0) the second term is 0."""
-    b = gn.sum(0)
-    s0 = b.sum().clamp_min(0).sqrt()
-
-    def slope(t: torch.Tensor) -> torch.Tensor:
-        mu = torch.stack([t, 1 - t])
-        gmu = gn @ mu
-        nw = (mu @ gmu).clamp_min(0).sqrt()
-        curv = torch.where(nw > 0, (gmu[0] - gmu[1]) / nw.clamp_min(_TINY), torch.zeros_like(nw))
-        return (b[0] - b[1]) + c * s0 * curv
-
-    zero, one = gn.new_zeros(()), gn.new_ones(())
-    lo, hi = zero, one
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        down = slope(mid) < 0
-        lo, hi = torch.where(down, mid, lo), torch.where(down, hi, mid)
-    t = torch.where(slope(zero) >= 0, zero, torch.where(slope(one) <= 0, one, (lo + hi) / 2))
-    return torch.stack([t, 1 - t])
+def _solve(gram: torch.Tensor, c: float, solver: str, iters: int | None):
+    """(mu*, 1 / ||gw*||) in float64 (see solve_mu); the uniform start for a non-finite Gram."""
+    k = check_solver(gram, c, solver)
+    gn, finite = kk.normalized(gram)
+    if solver == "exact":
+        mu = kk.exact2(gn, c, EXACT_ITERS if iters is None else iters)
+        inv = kk.inv_norm(gn, mu)
+    else:
+        mu, inv = kk.polish(gn, c, kk.pgd(gn, c, PGD_ITERS if iters is None else iters,
+                                           PGD_BETA0))
+    return torch.where(finite, mu, torch.full_like(mu, 1.0 / k)), inv
 
 
 def solve_mu(
@@ -156,47 +71,42 @@ def solve_mu(
     c: float = 0.5,
     solver: str = "pgd",
     iters: int | None = None,
-    beta0: float = PGD_BETA0,
 ) -> torch.Tensor:
-    """Minimise the dual psi(mu) of eq. 15 over the simplex; returns mu* ([K]).
+    """Minimise the dual psi(mu) of eq. 15 over the simplex; returns mu* ([K], gram's dtype).
 
+    Solved in float64 on the trace-normalised Gram matrix (:mod:`csdfd.ops.solver`).
     ``solver="pgd"``: the paper's projected gradient loop (eq. 16), ``iters`` steps (default
-    64) from uniform mu with the accelerated backtracking step rule of :func:`_pgd`, initial
-    step ``beta0`` on the trace-normalised Gram matrix. ``solver="exact"``: K = 2 only,
+    64) from uniform mu with an accelerated backtracking step rule, then the exact finish on
+    the iterate's support (:func:`csdfd.ops.solver.polish`). ``solver="exact"``: K = 2 only,
     bisection to machine precision. A non-finite Gram gives the uniform start.
     """
-    k = check_solver(gram, c, solver)
-    gn, finite = _normalized(gram)
-    if solver == "exact":
-        mu = _exact2(gn, c, EXACT_ITERS if iters is None else iters)
-    else:
-        mu = _pgd(gn, c, PGD_ITERS if iters is None else iters, beta0)
-    return torch.where(finite, mu, torch.full_like(mu, 1.0 / k))
+    return _solve(gram, c, solver, iters)[0].to(gram.dtype)
 
 
 def combine_weights(
-    gram: torch.Tensor, mu: torch.Tensor, c: float
+    gram: torch.Tensor, mu: torch.Tensor, c: float, inv_gw: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha with v* = sum_j alpha_j g_j (eq. 14): alpha_j = 1 + (c ||g0|| / ||gw||) mu_j.
+    """alpha with v = sum_j alpha_j g_j, a primal optimum of eqs. 9-10 (module docstring of
+    :mod:`csdfd.ops.solver`): eq. 14's alpha_j = 1 + (c ||g0|| / ||gw||) mu_j, or, where the
+    dual optimum has gw = 0 (0 in the streams' convex hull) or nearly so, the projection of g0
+    onto {v : g_j . v >= 0} (status ZERO_GW). Computed in float64; returned in gram's dtype.
 
-    Returns (alpha, status). ||g0|| ~ 0 -> alpha = 1 (ZERO_G0); ||gw|| ~ 0 -> alpha = 1
-    (ZERO_GW); non-finite Gram -> alpha = 0 (NONFINITE). "~ 0" is relative to trace(G).
+    ``inv_gw``: 1 / ||gw(mu)|| when the solver knows it more precisely than mu^T G mu does
+    (see :func:`csdfd.ops.solver.polish`). Returns (alpha, status). ||g0|| ~ 0 -> alpha = 1
+    (ZERO_G0: the ball has radius ~0); non-finite Gram -> alpha = 0 (NONFINITE). "~ 0" is
+    relative to trace(G) (stats.ZERO_REL).
     """
-    finite = torch.isfinite(gram).all()
-    g = torch.where(finite, gram, torch.zeros_like(gram))
-    rel = ZERO_REL[acc_dtype(gram.dtype)]
-    tr = g.diagonal().sum()
-    g0_sq, gw_sq = g.sum(), mu @ g @ mu
-    zero_g0 = finite & (g0_sq <= rel * tr)
-    zero_gw = finite & ~zero_g0 & (gw_sq <= rel * tr)
-    scale = c * g0_sq.clamp_min(0).sqrt() / gw_sq.clamp_min(_TINY).sqrt()
-    alpha = 1 + scale * mu
-    alpha = torch.where(zero_g0 | zero_gw, torch.ones_like(alpha), alpha)
+    gn, finite = kk.normalized(gram)
+    zero_g0 = finite & (gn.sum() <= ZERO_REL[acc_dtype(gram.dtype)])
+    unit = UNIT_ROUNDOFF[acc_dtype(gram.dtype)]
+    alpha, stationary = kk.weights(gn, mu.to(kk.F64), c, unit, inv_gw)
+    zero_gw = finite & ~zero_g0 & stationary
+    alpha = torch.where(zero_g0, torch.ones_like(alpha), alpha)
     alpha = torch.where(finite, alpha, torch.zeros_like(alpha))
     status = (
         torch.where(finite, 0, NONFINITE) + zero_g0 * ZERO_G0 + zero_gw * ZERO_GW
     ).to(gram.dtype)
-    return alpha, status
+    return alpha.to(gram.dtype), status
 
 
 def _weighted_sum(rows: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -215,22 +125,24 @@ def uvs(
     iters: int | None = None,
     out: torch.Tensor | None = None,
 ) -> UVSResult:
-    """Update Vector Search (eqs. 6-16): v* = g0 + (c ||g0|| / ||gw||) gw (eq. 14).
+    """Update Vector Search (eqs. 6-16): a primal optimum v of eqs. 9-10, v* = g0 +
+    (c ||g0|| / ||gw||) gw (eq. 14) unless the streams are (nearly) Pareto-stationary
+    (see combine_weights).
 
-    The gradients enter only through the Gram matrix (one read), the scalar dual gives mu*, and
-    a second read writes v* = sum_j alpha_j g_j into ``out`` (allocated when None; it may alias
+    The gradients enter only through the Gram matrix (one read), the K x K dual gives mu*, and
+    a second read writes v = sum_j alpha_j g_j into ``out`` (allocated when None; it may alias
     ``grads[0]``). A non-finite input gives v = 0 and status NONFINITE.
     """
     check_grads(grads, allow_empty=True)
     check_mu_args(grads.shape[0], c, solver)
     g = gram(grads)
-    mu = solve_mu(g, c, solver, iters)
-    alpha, status = combine_weights(g, mu, c)
+    mu, inv_gw = _solve(g, c, solver, iters)  # float64: alpha from the unrounded mu
+    alpha, status = combine_weights(g, mu, c, inv_gw)
     if out is None:
         out = torch.empty_like(grads[0])
     _weighted_sum(grads, alpha, out)
     out.masked_fill_((status.to(torch.int64) & NONFINITE) != 0, 0)  # 0 * nan is nan
-    return UVSResult(v=out, mu=mu, alpha=alpha, gram=g, status=status)
+    return UVSResult(v=out, mu=mu.to(g.dtype), alpha=alpha, gram=g, status=status)
 
 
 def cgr_rows(gp: torch.Tensor, tau: float = 0.01, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,11 +22,13 @@ import torch
 #: trainer counts the event and skips the step.
 NONFINITE = 1
 #: ||g0|| is zero relative to the streams (all rows zero, or rows that cancel exactly): the trust
-#: region of eq. 11 has radius 0, so v = g0 (alpha = 1).
+#: region of eq. 9 has radius 0, so v = g0 (alpha = 1).
 ZERO_G0 = 2
-#: ||gw|| is zero at the solution (the origin lies in the streams' convex hull and the dual
-#: optimum sits on it; e.g. K = 2 with one zero row): eq. 14 divides by ||gw||, every v in the
-#: ball is optimal, and we take v = g0 (alpha = 1).
+#: ||gw|| is zero (or nearly so) at the dual optimum: the origin lies in the streams' convex
+#: hull (Pareto-stationary: e.g. anti-parallel streams, or one zero row) and eq. 14 is 0/0. The
+#: primal optima are the points of the ball with every gain g_j . v >= 0; v is the one closest
+#: to g0, the projection of g0 onto {v : g_j . v >= 0} (pulled into the ball if needed), chosen
+#: because its worst gain beats eq. 14's as written (csdfd.ops.solver).
 ZERO_GW = 4
 #: A stream's gradient on the projection layer is zero: eq. 24's gamma divides by it, the
 #: correction term is dropped (gamma = 0) and the projection layer gets sum_k g_k.
@@ -38,6 +40,9 @@ STATUS_NAMES = {NONFINITE: "nonfinite", ZERO_G0: "zero_g0", ZERO_GW: "zero_gw", 
 #: fp32 Gram entries carry ~1e-7 relative error per entry, so cancellations below ~1e-6 of the
 #: trace are rounding noise; fp64 gets 1e-12.
 ZERO_REL = {torch.float64: 1e-12, torch.float32: 1e-6}
+#: Unit roundoff of the accumulation dtype: how finely v = sum_j alpha_j g_j is written, used to
+#: weigh eq. 14's candidate against the stationary one (csdfd.ops.solver.weights).
+UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24}
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -250,8 +250,7 @@ void solve_mu_cpu(const void* gram, bool dbl, int k, double c, SolverKind solver
   if (dbl) {
     solve_mu(static_cast<const double*>(gram), k, c, solver, iters, static_cast<double*>(mu));
   } else {
-    solve_mu(static_cast<const float*>(gram), k, static_cast<float>(c), solver, iters,
-             static_cast<float*>(mu));
+    solve_mu(static_cast<const float*>(gram), k, c, solver, iters, static_cast<float*>(mu));
   }
 }
 

@@ -161,8 +161,11 @@ __device__ __noinline__ void finish_device(const double* tot, int km, bool entri
 
 // Pass 1 (+ the last block's reduction and solve). PROBE (standalone CGR only) also counts
 // non-finite entries, because reference.cgr_rows zeroes on non-finite entries, not Gram.
+// K = 2 streams in 48 registers (5 resident blocks per SM); the double-precision solve in
+// finish_device alone would raise that to 64, so the bound caps it: ptxas spills inside the
+// solve, which one thread runs once per step, not in the streaming loop.
 template <class S, int KM, bool PROBE>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, KM == 2 ? 5 : 1)
     reduce_kernel(StepPlan pl, StepOuts outs, char* ws, bool vec) {
   using A = typename Elem<S>::A;
   constexpr int V = Elem<S>::V, NP = KM * (KM + 1) / 2, NS = 2 * NP + (PROBE ? 1 : 0);
@@ -291,7 +294,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <class T>
-__global__ void solve_mu_kernel(const T* gram, int k, T c, SolverKind solver, int iters, T* mu) {
+__global__ void solve_mu_kernel(const T* gram, int k, double c, SolverKind solver, int iters,
+                                T* mu) {
   solve_mu(gram, k, c, solver, iters, mu);
 }
 
@@ -380,9 +384,8 @@ void solve_mu_cuda(const void* gram, bool dbl, int k, double c, SolverKind solve
     solve_mu_kernel<double><<<1, 1, 0, stream>>>(static_cast<const double*>(gram), k, c,
                                                         solver, iters, static_cast<double*>(mu));
   } else {
-    solve_mu_kernel<float><<<1, 1, 0, stream>>>(static_cast<const float*>(gram), k,
-                                                      static_cast<float>(c), solver, iters,
-                                                      static_cast<float*>(mu));
+    solve_mu_kernel<float><<<1, 1, 0, stream>>>(static_cast<const float*>(gram), k, c, solver,
+                                                      iters, static_cast<float*>(mu));
   }
   CSDFD_CUDA_CHECK(cudaGetLastError());
 }
