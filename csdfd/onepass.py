@@ -33,6 +33,7 @@ Anything else that touches a parameter together with the batch is refused with
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -128,6 +129,13 @@ def _compute_dtype(x: torch.Tensor, low_precision: bool) -> torch.dtype:
     return torch.get_autocast_dtype(x.device.type) if low_precision else torch.float32
 
 
+def _no_autocast(x: torch.Tensor):
+    """autocast off inside the op (its inputs are cast already); a no-op context when off."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if t is None else t.to(dtype)
 
@@ -142,7 +150,7 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, token, sink):  # noqa: ARG004 - token: see GroupedForward
         dt = _compute_dtype(x, True)
         xc, wc, bc = x.to(dt), weight.to(dt), _cast(bias, dt)
-        with torch.autocast(x.device.type, enabled=False):
+        with _no_autocast(x):
             y = F.linear(xc, wc, bc)
         ctx.save_for_backward(xc, wc)
         ctx.sink, ctx.params = sink, (weight, bias)
@@ -166,7 +174,7 @@ class _Conv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, token, sink, conv):  # noqa: ARG004
         dt = _compute_dtype(x, True)
         xc, wc, bc = x.to(dt), weight.to(dt), _cast(bias, dt)
-        with torch.autocast(x.device.type, enabled=False):
+        with _no_autocast(x):
             y = conv.fn(xc, wc, bc, conv.stride, conv.padding, conv.dilation, conv.groups)
         ctx.save_for_backward(xc, wc)
         ctx.sink, ctx.params, ctx.conv = sink, (weight, bias), conv
@@ -209,7 +217,7 @@ class _Norm(torch.autograd.Function):
     def forward(ctx, x, weight, bias, token, sink, spec):  # noqa: ARG004
         xc = x.to(_compute_dtype(x, False))
         wc, bc = _cast(weight, xc.dtype), _cast(bias, xc.dtype)
-        with torch.autocast(x.device.type, enabled=False):
+        with _no_autocast(x):
             if spec[0] == "layer":
                 y, mean, rstd = torch.ops.aten.native_layer_norm(xc, spec[1], wc, bc, spec[2])
             else:
@@ -285,14 +293,26 @@ class GroupedForward(TorchFunctionMode):
             return _Derived(t, lambda q: q, t)
         return self.derived.get(id(t)) if isinstance(t, torch.Tensor) else None
 
+    def _touches(self, args, kwargs) -> bool:
+        """Cheap test (no pytree): may an argument be tracked? Most ops see activations only."""
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, (list, tuple)):
+                if any(id(t) in self.sink.index or id(t) in self.derived for t in a):
+                    return True
+            elif id(a) in self.sink.index or id(a) in self.derived:
+                return True
+        return False
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        leaves, spec = tree_flatten((args, kwargs))
-        tracked = [self._source(t) for t in leaves]
         if func in _BATCH_NORMS and _batch_norm_training(args, kwargs):
             raise Unsupported("BatchNorm in training mode (it mixes the rows of a batch through "
                               "its statistics)")
-        if not any(tracked):
+        if not self._touches(args, kwargs):
+            return func(*args, **kwargs)
+        leaves, spec = tree_flatten((args, kwargs))
+        tracked = [self._source(t) for t in leaves]
+        if not any(tracked):  # nested deeper than one level and untracked after all
             return func(*args, **kwargs)
         untracked = [t for t, s in zip(leaves, tracked, strict=True)
                      if s is None and isinstance(t, torch.Tensor)]
