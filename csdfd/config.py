@@ -100,6 +100,9 @@ class Config:
     device: str = _f("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
     amp: bool = _f(False, "bfloat16 autocast for forward and backward")
     channels_last: bool = _f(False, "channels_last memory format for model and inputs")
+    compile: bool = _f(False, "torch.compile the backbone's forward (both stream-gradient "
+                       "paths; the first steps compile, for a minute or more on a CPU; off by "
+                       "default: see bench/bench_compile.py)")
     eval_batch_size: int = _f(128, "batch size of evaluation")
     workers: int = _f(0, "DataLoader worker processes building training steps (0: in the "
                       "main process; results are identical either way)")

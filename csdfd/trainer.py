@@ -114,6 +114,8 @@ class Trainer:
             self.model, self.fg, cfg.stream_grads, img_size=cfg.img_size,
             channels_last=cfg.channels_last,
             log=(lambda m: None) if quiet or not self.dp.main else None)
+        if cfg.compile:  # in place (state_dict keys unchanged), after the eager probe above
+            self.model.backbone.compile()
         self.bench = bench if bench is not None else load_benchmark(cfg)
         self.steps_per_epoch = _steps_per_epoch(self.bench, cfg.batch_size * self.dp.world)
         # torchrun, exact: the term of the global stream gradients (csdfd.cgr_exact)

@@ -290,3 +290,19 @@ def test_one_pass_run_resumes_bit_exact(bench, tmp_path):
                       quiet=True)
     _assert_same_run(ref, (resumed.fit(), resumed.model.state_dict(), resumed.opt.state_dict()))
     assert _train_rows(tmp_path / "resumed") == _train_rows(tmp_path / "straight")
+
+
+def test_compiled_backbone_gives_the_same_rows(bench, tmp_path):
+    """--compile (torch.compile of the backbone, in place: the checkpoint keys do not change)
+    with the fused op, one-pass then two-pass: the step's rows equal the eager run's."""
+    kw = dict(VIT, stream_grads="one-pass", backend="auto")
+    eager = Trainer(_cfg(**kw), tmp_path / "eager", bench, quiet=True)
+    compiled = Trainer(_cfg(**kw, compile=True), tmp_path / "compiled", bench, quiet=True)
+    assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()
+    compiled.model.load_state_dict(eager.model.state_dict())
+    batch = StepDataset(bench, eager.blend, 4, 32, 0, 0, (1, 2))[0]
+    for one_pass in (True, False):
+        for trainer in (eager, compiled):
+            trainer.grads.one_pass = one_pass
+            trainer._step(batch)
+        torch.testing.assert_close(compiled.fg.buf, eager.fg.buf, rtol=1e-4, atol=1e-6)
