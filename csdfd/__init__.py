@@ -5,8 +5,8 @@ __all__ = ["FlatGrads", "StreamGrads", "__version__"]
 
 
 def __getattr__(name: str):
-    """``csdfd.FlatGrads`` and ``csdfd.StreamGrads`` on first use, so that importing a csdfd module that needs no torch
-    (the decoding and detection workers of csdfd.predict) does not import torch."""
+    """``csdfd.FlatGrads`` and ``csdfd.StreamGrads`` on first use, so that importing a csdfd
+    module that needs no torch (the workers of csdfd.predict) does not import torch."""
     if name == "FlatGrads":
         from .flatgrads import FlatGrads
 
