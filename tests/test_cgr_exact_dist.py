@@ -29,5 +29,7 @@ def test_two_ranks_exact_cgr_equal_one_process(tmp_path):
     scale = ref["out"].abs().max()
     torch.testing.assert_close(r0["out"], ref["out"], rtol=1e-4, atol=1e-5 * scale)  # step 0
     for a, b in zip(r0["params"], ref["params"], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        # AdamW moves a coordinate by lr g/(|g| + eps): at |g| ~ eps rounding differences of the
+        # rows (one-pass: summed by group, in another order per world size) reach ~1% of lr
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=3e-5)
     assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"], strict=True))

@@ -98,7 +98,10 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(runs):
     scale = one["rows"].abs().max()
     torch.testing.assert_close(two["rows"], one["rows"], rtol=1e-4, atol=1e-5 * scale)  # g1, g2
     torch.testing.assert_close(two["out"], one["out"], rtol=1e-4, atol=1e-5 * scale)  # UVS/CGR
-    _close(two["params"], one["params"], atol=1e-5)  # after 2 steps (one skipped)
+    # after 2 steps (one skipped), i.e. one AdamW step: each coordinate moves by lr g/(|g| + eps),
+    # which for |g| ~ eps (1e-8) turns the rows' rounding (one-pass sums rows by group, in
+    # another order for 2 x 4 than for 1 x 8) into up to ~1% of lr = 1e-3
+    _close(two["params"], one["params"], atol=3e-5)
 
 
 def test_ranks_stay_bitwise_identical(runs):
@@ -128,8 +131,9 @@ def test_sharded_evaluation_equals_one_process(runs):
 def test_resume_across_world_sizes(runs):
     _, d1, d2, db = runs
     straight = _load(d1, "1-rank0")["params"]
-    _close(_load(d2, "1-rank0")["params"], straight, atol=1e-5)  # 1 process -> 2 ranks
-    _close(_load(db, "0-rank0")["params"], straight, atol=1e-5)  # 2 ranks -> 1 process
+    # atol: see test_two_ranks_equal_one_process_with_twice_the_batch (AdamW at |g| ~ eps)
+    _close(_load(d2, "1-rank0")["params"], straight, atol=3e-5)  # 1 process -> 2 ranks
+    _close(_load(db, "0-rank0")["params"], straight, atol=3e-5)  # 2 ranks -> 1 process
 
 
 def test_only_rank_0_writes_and_results_record_the_world(runs):
