@@ -32,6 +32,6 @@ log="bench/results/${tag}.log"
     -p no:cacheprovider 2>&1 | tail -30
   CSDFD_BENCH_TAG="$tag" timeout "${BENCH_TIMEOUT:-900}" python3 -m pytest -q ${BENCH:-bench/} \
     ${BENCH_K:+-k "$BENCH_K"} -p no:cacheprovider -s 2>&1 \
-    | grep -E '^\||^csdfd|^saved|^target|passed|failed|skipped|Error|step '
+    | grep -E '^\||^csdfd|^saved|^target|^stream-grads|^compile|passed|failed|skipped|Error|step '
 } 2>&1 | tee "$log"
 echo "results: bench/results/${tag}.{json,md,log}"
