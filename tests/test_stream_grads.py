@@ -190,8 +190,29 @@ class _BatchMean(nn.Module):  # mixes rows without any parameter: only the probe
         return h - h.mean(0, keepdim=True)
 
 
-@pytest.mark.parametrize("backbone,why", [(_Matmul, "backbone.w used by .*matmul"),
-                                          (_BatchMean, "differs from two backward passes")])
+class _SamePadding(nn.Module):  # padding="same": the per-group weight gradient needs numbers
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding="same")
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))
+
+
+class _ScaledWeight(nn.Module):  # a weight reaching linear through another op (weight * 2)
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * SIZE * SIZE, 5)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x.flatten(1), self.fc.weight * 2, self.fc.bias)
+
+
+@pytest.mark.parametrize("backbone,why", [
+    (_Matmul, "backbone.w used by .*matmul"),
+    (_BatchMean, "differs from two backward passes"),
+    (_SamePadding, "padding 'same'"),
+    (_ScaledWeight, "backbone.fc.weight reaches linear as weight through other ops")])
 def test_what_one_pass_cannot_split_is_never_used(backbone, why, capsys):
     model = _detector(backbone(), 5)
     fg = FlatGrads(model.theta(), model.theta_p(), k=2)
