@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .onepass_ops import REAL, RowSink, ConvGroups, ConvArgs, LinearGroups, NormGroups
+from .onepass_ops import REAL, ConvArgs, ConvGroups, Dest, LinearGroups, NormGroups, RowSink
 
 __all__ = ["REAL", "GroupedForward", "RowSink", "Unsupported"]
 
@@ -63,11 +63,16 @@ class Unsupported(RuntimeError):
 # --- the mode ---------------------------------------------------------------------------------
 @dataclass
 class _Derived:
-    """A tensor computed from one parameter by parameter-only ops: ``fn(param)``."""
+    """A tensor computed from parameters by parameter-only ops: ``fn(params)``, so that it can
+    be recomputed from each group's aliases of those parameters."""
 
-    param: torch.Tensor
-    fn: Callable[[torch.Tensor], torch.Tensor]
+    params: tuple[torch.Tensor, ...]
+    fn: Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
     tensor: torch.Tensor  # kept alive so that its id stays unique during the forward
+
+    def of_group(self, mode: GroupedForward, g: int) -> torch.Tensor:
+        """The tensor computed from group g's aliases (autograd carries its gradient there)."""
+        return self.fn(tuple(mode.alias(p, g) for p in self.params))
 
 
 class GroupedForward(TorchFunctionMode):
@@ -92,7 +97,7 @@ class GroupedForward(TorchFunctionMode):
     # tracked = a backbone parameter, or a tensor derived from one
     def _source(self, t: object) -> _Derived | None:
         if t in self.sink:
-            return _Derived(t, lambda q: q, t)
+            return _Derived((t,), lambda qs: qs[0], t)
         return self.derived.get(id(t)) if isinstance(t, torch.Tensor) else None
 
     def _touches(self, args, kwargs) -> bool:
@@ -107,7 +112,8 @@ class GroupedForward(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _BATCH_NORMS and _batch_norm_training(args, kwargs):
+        if func in _BATCH_NORMS and _batch_norm_training(args, kwargs) and \
+                self._source(args[0] if args else kwargs.get("input")) is None:
             raise Unsupported("BatchNorm in training mode (it mixes the rows of a batch through "
                               "its statistics)")
         if not self._touches(args, kwargs):
@@ -121,8 +127,8 @@ class GroupedForward(TorchFunctionMode):
         batch = [t for t in untracked if t.dim() and t.shape[0] == self.rows]
         if not batch:
             if any(t.requires_grad for t in untracked):
-                names = sorted({self.sink.name(s.param) for s in tracked if s is not None})
-                raise Unsupported(f"{', '.join(names)} meets an activation whose first dim is "
+                names = self._names(tracked)
+                raise Unsupported(f"{names} meets an activation whose first dim is "
                                   f"not the batch in {_fname(func)}")
             # parameter-only: a derived tensor (view, cast, resampling, expand, indexing...)
             return self._derive(func, args, kwargs, leaves, spec, tracked)
@@ -138,46 +144,55 @@ class GroupedForward(TorchFunctionMode):
                                                       "eps"), (None, None, None, None, 1e-5))
         if func in _ELEMENTWISE:
             return self._per_row(func, leaves, spec, tracked, batch)
-        names = sorted({self.sink.name(s.param) for s in tracked if s is not None})
-        raise Unsupported(f"{', '.join(names)} used by {_fname(func)}, an op one-pass does not "
+        names = self._names(tracked)
+        raise Unsupported(f"{names} used by {_fname(func)}, an op one-pass does not "
                           "know how to split by row group")
 
-    def _derive(self, func, args, kwargs, leaves, spec, tracked):
-        sources = {id(s.param): s for s in tracked if s is not None}
-        out = func(*args, **kwargs)
-        fns = [s.fn if s is not None else None for s in tracked]
-        params = [s.param for s in sources.values()]
+    def _names(self, tracked) -> str:
+        return ", ".join(sorted({self.sink.name(p) for s in tracked if s is not None
+                                 for p in s.params}))
 
-        def fn(q, fns=fns, leaves=list(leaves), spec=spec, func=func):
-            if len(params) > 1:  # e.g. w1 @ w2: the group split would need both at once
-                names = ", ".join(self.sink.name(p) for p in params)
-                raise Unsupported(f"{names} combined by {_fname(func)} before meeting the batch")
-            new = [f(q) if f is not None else t for f, t in zip(fns, leaves, strict=True)]
+    def _derive(self, func, args, kwargs, leaves, spec, tracked):
+        params = tuple({id(p): p for s in tracked if s is not None for p in s.params}.values())
+        where = {id(p): i for i, p in enumerate(params)}
+        out = func(*args, **kwargs)
+
+        def fn(qs, leaves=list(leaves), spec=spec, func=func):
+            new = [t if s is None else s.fn(tuple(qs[where[id(p)]] for p in s.params))
+                   for s, t in zip(tracked, leaves, strict=True)]
             a, kw = tree_unflatten(new, spec)
             return func(*a, **kw)
 
         if isinstance(out, torch.Tensor):
-            self.derived[id(out)] = _Derived(params[0], fn, out)
+            self.derived[id(out)] = _Derived(params, fn, out)
         elif isinstance(out, (tuple, list)):  # chunk, split, unbind of a parameter
             for i, t in enumerate(out):
                 if isinstance(t, torch.Tensor):
-                    self.derived[id(t)] = _Derived(params[0], lambda q, i=i: fn(q)[i], t)
+                    self.derived[id(t)] = _Derived(params, lambda qs, i=i: fn(qs)[i], t)
         return out
 
-    def _replace(self, fn_cls, args, kwargs, names, *extra):
+    def _replace(self, fn_cls, args, kwargs, names, *spec):
+        """``fn_cls.apply``; a weight or bias derived from parameters (``weight * gain``, weight
+        standardisation, a cast) also enters as its three per-group recomputations."""
         a = _bind(args, kwargs, names, (None,) * len(names))
         x, weight, bias = a["input"], a["weight"], a.get("bias")
-        for t, what in ((x, "the input"), (weight, "weight"), (bias, "bias")):
-            if t is not None and what != "the input" and t not in self.sink:
-                raise Unsupported(f"{self._label(t)} reaches {fn_cls.op} as {what} through "
-                                  "other ops (only a parameter itself is supported there)")
         if self._source(x) is not None:
             raise Unsupported(f"{self._label(x)} is the input of {fn_cls.op}")
-        return fn_cls.apply(x, weight, bias, self.token, self.sink, *extra)
+        extras, derived = [], []
+        for t, what in ((weight, "weight"), (bias, "bias")):
+            src = None if t is None or t in self.sink else self._source(t)
+            if t is not None and t not in self.sink and src is None:
+                raise Unsupported(f"the {what} of {fn_cls.op} next to a parameter is neither "
+                                  "a parameter nor computed from parameters alone")
+            derived.append(src is not None)
+            if src is not None:
+                extras += [src.of_group(self, g) for g in range(3)]
+        dest = Dest(self.sink, tuple(derived))
+        return fn_cls.apply(x, weight, bias, self.token, dest, *spec, *extras)
 
     def _label(self, t) -> str:
         s = self._source(t)
-        return self.sink.name(s.param) if s is not None else "an activation"
+        return self._names([s]) if s is not None else "an activation"
 
     def _conv(self, func, args, kwargs):
         a = _bind(args, kwargs, ("input", "weight", "bias", "stride", "padding", "dilation",
@@ -210,8 +225,8 @@ class GroupedForward(TorchFunctionMode):
     def _rows_of(self, src: _Derived, t: torch.Tensor, ndim: int, func) -> torch.Tensor:
         n = self.rows // 3
         parts = []
-        for g, alias in enumerate(self._aliases(src.param)):
-            d = src.fn(alias)
+        for g in range(3):
+            d = src.of_group(self, g)
             if d.dim() < ndim:
                 d = d.reshape((1,) * (ndim - d.dim()) + tuple(d.shape))
             if d.shape[0] == 1:
@@ -219,15 +234,16 @@ class GroupedForward(TorchFunctionMode):
             elif d.shape[0] == self.rows:
                 parts.append(d[g * n:(g + 1) * n])
             else:
-                raise Unsupported(f"{self.sink.name(src.param)} meets the batch in "
+                raise Unsupported(f"{self._names([src])} meets the batch in "
                                   f"{_fname(func)} with shape {tuple(t.shape)}, which neither "
                                   "broadcasts over the rows nor has one entry per row")
         return torch.cat(parts)
 
-    def _aliases(self, p: torch.Tensor) -> list[torch.Tensor]:
+    def alias(self, p: torch.Tensor, g: int) -> torch.Tensor:
+        """Group g's alias of parameter p: ``p.detach()`` (no copy) as a leaf of its own."""
         if id(p) not in self.aliases:
             self.aliases[id(p)] = (p, [p.detach().requires_grad_(True) for _ in range(3)])
-        return self.aliases[id(p)][1]
+        return self.aliases[id(p)][1][g]
 
     def inputs(self) -> list[torch.Tensor]:
         """What the one backward must reach: the token and every alias."""

@@ -101,17 +101,37 @@ def _by_group(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(3, t.shape[0] // 3, *t.shape[1:])
 
 
+@dataclass(frozen=True)
+class Dest:
+    """Where one replaced op's weight and bias group gradients go: into the rows (the sink),
+    or, for a tensor computed from parameters (``derived``), to that op's extra inputs (its
+    recomputation from each group's aliases), through which autograd reaches the aliases."""
+
+    sink: RowSink
+    derived: tuple[bool, bool]  # weight, bias
+
+    def deliver(self, which: int, p: torch.Tensor | None, groups, out: list) -> None:
+        """``groups`` [3, *p.shape] (or a callable making it) for weight (0) or bias (1)."""
+        if p is None:
+            return
+        groups = groups() if callable(groups) else groups
+        if self.derived[which]:
+            out.extend(groups.unbind(0))
+        else:
+            self.sink.add(p, groups)
+
+
 class LinearGroups(torch.autograd.Function):
     op = "linear"
 
     @staticmethod
-    def forward(ctx, x, weight, bias, token, sink):  # noqa: ARG004 - token: see GroupedForward
+    def forward(ctx, x, weight, bias, token, dest, *extras):  # noqa: ARG004 - see Dest
         dt = _compute_dtype(x, True)
         xc, wc, bc = x.to(dt), weight.to(dt), _cast(bias, dt)
         with _no_autocast(x):
             y = F.linear(xc, wc, bc)
         ctx.save_for_backward(xc, wc)
-        ctx.sink, ctx.params = sink, (weight, bias)
+        ctx.dest, ctx.params = dest, (weight, bias)
         return y
 
     @staticmethod
@@ -120,24 +140,27 @@ class LinearGroups(torch.autograd.Function):
         weight, bias = ctx.params
         gy = gy.to(wc.dtype)
         gx = gy @ wc if ctx.needs_input_grad[0] else None
-        g3 = _by_group(gy).flatten(1, -2)  # [3, n*T, out]
-        ctx.sink.linear(weight, g3, _by_group(xc).flatten(1, -2))
-        if bias is not None:
-            ctx.sink.add(bias, g3.sum(1))
-        return gx, None, None, torch.zeros(()), None
+        g3, x3 = _by_group(gy).flatten(1, -2), _by_group(xc).flatten(1, -2)  # [3, n*T, .]
+        out: list = []
+        if ctx.dest.derived[0]:
+            ctx.dest.deliver(0, weight, torch.bmm(g3.transpose(1, 2), x3), out)
+        else:
+            ctx.dest.sink.linear(weight, g3, x3)
+        ctx.dest.deliver(1, bias, lambda: g3.sum(1), out)
+        return gx, None, None, torch.zeros(()), None, *out
 
 
 class ConvGroups(torch.autograd.Function):
     op = "a convolution"
 
     @staticmethod
-    def forward(ctx, x, weight, bias, token, sink, conv):  # noqa: ARG004
+    def forward(ctx, x, weight, bias, token, dest, conv, *extras):  # noqa: ARG004
         dt = _compute_dtype(x, True)
         xc, wc, bc = x.to(dt), weight.to(dt), _cast(bias, dt)
         with _no_autocast(x):
             y = conv.fn(xc, wc, bc, conv.stride, conv.padding, conv.dilation, conv.groups)
         ctx.save_for_backward(xc, wc)
-        ctx.sink, ctx.params, ctx.conv = sink, (weight, bias), conv
+        ctx.dest, ctx.params, ctx.conv = dest, (weight, bias), conv
         return y
 
     @staticmethod
@@ -155,10 +178,10 @@ class ConvGroups(torch.autograd.Function):
         gx = conv_backward(gy, xc, [True, False, False])[0] if ctx.needs_input_grad[0] else None
         parts = [conv_backward(g, x, [False, True, bias is not None])
                  for g, x in zip(gy.chunk(3), xc.chunk(3), strict=True)]
-        ctx.sink.add(weight, torch.stack([p[1] for p in parts]))
-        if bias is not None:
-            ctx.sink.add(bias, torch.stack([p[2] for p in parts]))
-        return gx, None, None, torch.zeros(()), None, None
+        out: list = []
+        ctx.dest.deliver(0, weight, torch.stack([p[1] for p in parts]), out)
+        ctx.dest.deliver(1, bias, lambda: torch.stack([p[2] for p in parts]), out)
+        return gx, None, None, torch.zeros(()), None, None, *out
 
 
 @dataclass(frozen=True)
@@ -176,7 +199,7 @@ class NormGroups(torch.autograd.Function):
     op = "a normalisation"
 
     @staticmethod
-    def forward(ctx, x, weight, bias, token, sink, spec):  # noqa: ARG004
+    def forward(ctx, x, weight, bias, token, dest, spec, *extras):  # noqa: ARG004
         xc = x.to(_compute_dtype(x, False))
         wc, bc = _cast(weight, xc.dtype), _cast(bias, xc.dtype)
         with _no_autocast(x):
@@ -188,7 +211,7 @@ class NormGroups(torch.autograd.Function):
                 y, mean, rstd = torch.ops.aten.native_group_norm(
                     xc, wc, bc, n, ch, xc[0, 0].numel(), spec[1], spec[2])
         ctx.save_for_backward(xc, wc, bc, mean, rstd)
-        ctx.sink, ctx.params, ctx.spec = sink, (weight, bias), spec
+        ctx.dest, ctx.params, ctx.spec = dest, (weight, bias), spec
         return y
 
     @staticmethod
@@ -212,8 +235,7 @@ class NormGroups(torch.autograd.Function):
         mask = [False, weight is not None, bias is not None]
         parts = [norm_backward(*t, mask) for t in zip(gy.chunk(3), xc.chunk(3), mean.chunk(3),
                                                       rstd.chunk(3), strict=True)]
-        if weight is not None:
-            ctx.sink.add(weight, torch.stack([p[1] for p in parts]))
-        if bias is not None:
-            ctx.sink.add(bias, torch.stack([p[2] for p in parts]))
-        return gx, None, None, torch.zeros(()), None, None
+        out: list = []
+        ctx.dest.deliver(0, weight, lambda: torch.stack([p[1] for p in parts]), out)
+        ctx.dest.deliver(1, bias, lambda: torch.stack([p[2] for p in parts]), out)
+        return gx, None, None, torch.zeros(()), None, None, *out

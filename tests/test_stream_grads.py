@@ -62,6 +62,11 @@ class Toy(nn.Module):
             self.gamma = nn.Parameter(torch.randn(8))
             self.gamma2 = nn.Parameter(torch.randn(8))
             self.fc = nn.Linear(8, 7)
+        elif kind == "derived":  # weights computed from parameters: scaled, standardised, cast
+            self.conv = nn.Conv2d(3, 6, 3, stride=2)
+            self.gain = nn.Parameter(torch.rand(6, 1, 1, 1) + 0.5)
+            self.norm = nn.LayerNorm(6)
+            self.fc = nn.Linear(6, 7)
         elif kind == "shared":  # one Linear used twice (accumulates), one parameter unused
             self.fc = nn.Linear(3 * SIZE * SIZE, 3 * SIZE * SIZE)
             self.out = nn.Linear(3 * SIZE * SIZE, 7)
@@ -78,6 +83,12 @@ class Toy(nn.Module):
             t = t + torch.nn.functional.gelu(t) * self.gamma
             t = t.clone().mul_(self.gamma2.reshape(1, 1, -1))
             return self.fc(t)[:, 0]
+        if self.kind == "derived":
+            w = self.conv.weight
+            w = (w - w.mean((1, 2, 3), keepdim=True)) / w.std((1, 2, 3), keepdim=True)
+            h = torch.conv2d(x, w * self.gain, self.conv.bias, 2).mean((2, 3))
+            h = torch.nn.functional.layer_norm(h, (6,), self.norm.weight.float(), self.norm.bias)
+            return torch.nn.functional.linear(h, self.fc.weight * 2, self.fc.bias)
         if self.kind == "shared":
             h = x.flatten(1)
             return self.out(self.fc(torch.tanh(self.fc(h))) + h)
@@ -125,7 +136,7 @@ def _check(model, n, channels_last=False, amp=False, size=SIZE):
 
 @pytest.mark.parametrize("n", [1, 3, 4])
 @pytest.mark.parametrize("kind", ["linear", "conv2d", "conv1d", "layernorm", "groupnorm",
-                                  "direct", "shared"])
+                                  "direct", "shared", "derived"])
 def test_one_pass_equals_autograd_per_loss(kind, n):
     toy = Toy(kind)
     _check(_detector(toy, toy.width), n)
@@ -144,7 +155,7 @@ def test_one_pass_under_bf16_autocast(kind):
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224",
-                                  "convnext_atto", "test_efficientnet_gn"])
+                                  "convnext_atto", "test_efficientnet_gn", "test_nfnet"])
 def test_one_pass_on_timm_backbones(name):
     kw = {"img_size": 32} if "vit" in name or "deit" in name else {}
     torch.manual_seed(0)
@@ -199,20 +210,21 @@ class _SamePadding(nn.Module):  # padding="same": the per-group weight gradient 
         return self.conv(x).mean((2, 3))
 
 
-class _ScaledWeight(nn.Module):  # a weight reaching linear through another op (weight * 2)
+class _Untracked(nn.Module):  # a linear whose weight is an activation, with a parameter bias
     def __init__(self):
         super().__init__()
-        self.fc = nn.Linear(3 * SIZE * SIZE, 5)
+        self.b = nn.Parameter(torch.randn(5))
 
     def forward(self, x):
-        return torch.nn.functional.linear(x.flatten(1), self.fc.weight * 2, self.fc.bias)
+        h = x.flatten(1)
+        return torch.nn.functional.linear(h, h[:5] * 1.0, self.b)
 
 
 @pytest.mark.parametrize("backbone,why", [
     (_Matmul, "backbone.w used by .*matmul"),
     (_BatchMean, "differs from two backward passes"),
     (_SamePadding, "padding 'same'"),
-    (_ScaledWeight, "backbone.fc.weight reaches linear as weight through other ops")])
+    (_Untracked, "weight of linear next to a parameter is neither")])
 def test_what_one_pass_cannot_split_is_never_used(backbone, why, capsys):
     model = _detector(backbone(), 5)
     fg = FlatGrads(model.theta(), model.theta_p(), k=2)
