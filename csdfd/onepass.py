@@ -18,13 +18,15 @@ computes the three group sums and writes g1 and g2 straight into the parameter's
 * ``linear``, ``conv1d`` / ``conv2d`` (any stride, padding, dilation, groups: depthwise and
   grouped too), ``layer_norm``, ``group_norm``: one batched forward and one batched input
   gradient as before; the weight gradient, whose FLOPs are one sum over rows, is computed per
-  group instead (one batched matmul over the 3 groups for linear, one call per group for conv),
-  so the backward costs what autograd's does.
+  group instead (G_R once, then each row by one ``addmm`` for linear, one call per group for
+  conv and the norms), so the backward costs about what autograd's does.
 * Parameters used directly (ViT's cls token and position embedding, LayerScale's gamma, in
-  ``add``/``mul``/``cat``...): the parameter, or the tensor derived from it by parameter-only
-  ops (``reshape``, ``expand``, a resampling), is replaced by its per-row version built from
-  three aliases (``detach()``, no copy) of the parameter, one per group, so autograd itself
-  delivers each group's sum to its alias. These are small (at most one activation's size).
+  ``add``/``mul``/``cat``...): the parameter, or the tensor derived from parameters by
+  parameter-only ops (``reshape``, ``expand``, a resampling), is replaced by its per-row
+  version built from three aliases (``detach()``, no copy) of each parameter, one per group,
+  so autograd itself delivers each group's sum to its alias. These are small (at most one
+  activation's size). A weight computed from parameters (``weight * gain``, NFNet's weight
+  standardisation, a cast) enters the replaced op as its three per-group recomputations.
 
 Anything else that touches a parameter together with the batch is refused with
 :class:`Unsupported` naming the parameter and the op, and so is BatchNorm in training mode
