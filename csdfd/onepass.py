@@ -54,8 +54,11 @@ _ELEMENTWISE = {
     torch.Tensor.__sub__, torch.Tensor.__rsub__, torch.Tensor.__isub__, torch.Tensor.__mul__,
     torch.Tensor.__rmul__, torch.Tensor.__imul__, torch.Tensor.__truediv__,
     torch.Tensor.__itruediv__, torch.addcmul, torch.cat, torch.concat, torch.where,
+    F.scaled_dot_product_attention,  # a learnt attn_mask (relative-position bias) broadcasts too
 }
 _BATCH_NORMS = {F.batch_norm, torch.batch_norm}
+_RANDOM = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout,
+           torch.bernoulli, torch.Tensor.bernoulli, torch.Tensor.bernoulli_}
 
 
 class Unsupported(RuntimeError):
@@ -155,6 +158,9 @@ class GroupedForward(TorchFunctionMode):
                                  for p in s.params}))
 
     def _derive(self, func, args, kwargs, leaves, spec, tracked):
+        if func in _RANDOM and _random_draw(func, args, kwargs):
+            raise Unsupported(f"{self._names(tracked)} goes through {_fname(func)}: its "
+                              "recomputation per row group would draw a new random mask")
         params = tuple({id(p): p for s in tracked if s is not None for p in s.params}.values())
         where = {id(p): i for i, p in enumerate(params)}
         out = func(*args, **kwargs)
@@ -258,6 +264,15 @@ class GroupedForward(TorchFunctionMode):
             self.sink.add(p, torch.stack(grads))
         self.aliases.clear()
         self.derived.clear()
+
+
+def _random_draw(func, args, kwargs) -> bool:
+    """Does this dropout-like call draw random numbers (p > 0 while training)?"""
+    if func in (torch.bernoulli, torch.Tensor.bernoulli, torch.Tensor.bernoulli_):
+        return True
+    p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+    train = kwargs.get("training", kwargs.get("train", args[2] if len(args) > 2 else True))
+    return bool(train) and float(p) > 0
 
 
 def _batch_norm_training(args, kwargs) -> bool:

@@ -192,6 +192,8 @@ def _first_difference(sg: StreamGrads, refs, tol: float) -> str | None:
             i = int(bad[0])
             return (f"its gradient of {sg.sink.name(fg.params[i])} differs from two backward "
                     f"passes (stream {row + 1}: error {float(errs[i]):.3g}, norm "
-                    f"{float(norms[i]):.3g}); some op mixes the rows of a batch or reaches the "
-                    "parameter in a way one-pass does not see")
+                    f"{float(norms[i]):.3g}); some op mixes the rows of a batch, reaches the "
+                    "parameter in a way one-pass does not see, or draws its dropout differently "
+                    "when one-pass changes its input's layout (attention dropout inside "
+                    "scaled_dot_product_attention)")
     return None
