@@ -220,7 +220,18 @@ class _Untracked(nn.Module):  # a linear whose weight is an activation, with a p
         return torch.nn.functional.linear(h, h[:5] * 1.0, self.b)
 
 
+class _DroppedBias(nn.Module):  # dropout on a parameter: per-group recomputations would differ
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * SIZE * SIZE, 5)
+        self.b = nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) + torch.nn.functional.dropout(self.b, 0.5, self.training)
+
+
 @pytest.mark.parametrize("backbone,why", [
+    (_DroppedBias, "backbone.b goes through dropout"),
     (_Matmul, "backbone.w used by .*matmul"),
     (_BatchMean, "differs from two backward passes"),
     (_SamePadding, "padding 'same'"),
