@@ -130,10 +130,12 @@ def _once(message: str, log: Callable[[str], None] | None) -> None:
         (log or (lambda m: print(m, file=sys.stderr)))(message)
 
 
-def stream_losses(logits: torch.Tensor) -> list[torch.Tensor]:
-    """L1 = BCE([xr, xf]), L2 = BCE([xr, xs]) (eq. 3) of the logits of ``cat([xr, xf, xs])``."""
-    real, *fakes = logits.float().split(logits.shape[0] // 3)
-    n = real.shape[0]
+def stream_losses(logits: torch.Tensor, n: int | None = None) -> list[torch.Tensor]:
+    """L1 = BCE([xr, xf]), L2 = BCE([xr, xs]) (eq. 3) of the logits of ``cat([xr, xf, xs])``:
+    one loss per fake group after the ``n`` real rows (default: a third of the rows; one fake
+    group, 2n rows, for the single-stream modes)."""
+    n = logits.shape[0] // 3 if n is None else n
+    real, *fakes = logits.float().split(n)
     target = torch.cat([torch.zeros(n), torch.ones(n)]).to(logits.device)
     return [F.binary_cross_entropy_with_logits(torch.cat([real, f]), target) for f in fakes]
 

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .cgr_exact import CGRGradient
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -65,6 +64,7 @@ from .steputil import GracefulStop as _GracefulStop
 from .steputil import copy_ as _copy
 from .steputil import pick_device as _device
 from .steputil import total_norm as _total_norm
+from . import streamgrads
 from .streamgrads import StreamGrads
 
 
@@ -175,10 +175,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             logits = (self.grads.forward(torch.cat(x), split) if self.fg is not None
                       else self.model(torch.cat(x))).float()
-        real, *fakes = logits.split(n)
-        target = torch.cat([torch.zeros(n), torch.ones(n)]).to(self.device)
-        stream_losses = [F.binary_cross_entropy_with_logits(torch.cat([real, f]), target)
-                         for f in fakes]
+        stream_losses = streamgrads.stream_losses(logits, n)  # eq. 3
         losses: list = [None, None]
         for s, loss in zip(st.streams, stream_losses, strict=True):
             losses[s - 1] = loss
