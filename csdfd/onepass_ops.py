@@ -52,6 +52,7 @@ class RowSink:
     def add(self, p: torch.Tensor, groups: torch.Tensor) -> None:
         """``groups`` [3, *p.shape]: G_R, G_F, G_S; row k gets G_{1+k} + REAL * G_R."""
         i, first = self.index[id(p)], self._first(p)
+        groups = groups.reshape(3, *p.shape)
         for k in range(2):
             view = self.rows[k][i]
             mine, real = groups[1 + k].to(view.dtype), groups[0].to(view.dtype)
@@ -69,6 +70,7 @@ class RowSink:
         if not fast or id(p) in self.written:
             self.add(p, torch.bmm(gy3.transpose(1, 2), x3))
             return
+        views = [v.view(gy3.shape[-1], x3.shape[-1]) for v in views]  # 1x1 conv: [o, i, 1, 1]
         self.written.add(id(p))
         real = gy3[0].t() @ x3[0]
         for k, view in enumerate(views):
@@ -169,6 +171,8 @@ class ConvGroups(torch.autograd.Function):
         weight, bias = ctx.params
         c = ctx.conv
         gy = gy.to(wc.dtype)
+        if c.pointwise(wc):
+            return _pointwise_backward(ctx, gy, xc, wc, weight, bias)
 
         def conv_backward(g, x, mask):
             return torch.ops.aten.convolution_backward(
@@ -184,6 +188,28 @@ class ConvGroups(torch.autograd.Function):
         return gx, None, None, torch.zeros(()), None, None, *out
 
 
+def _pointwise_backward(ctx, gy, xc, wc, weight, bias):
+    """A 1x1 convolution (stride 1, no padding, one group) is a linear layer over the
+    channels-last rows: its gradients by matmuls (views when the tensors are channels-last in
+    memory, as after a LayerNorm2d), like :class:`LinearGroups`; on CPU well under mkldnn's four
+    calls (one batched input gradient, three per-group weight gradients)."""
+    o, cin = wc.shape[:2]
+    last = (0, *range(2, gy.dim()), 1)
+    g2 = gy.permute(last).reshape(-1, o)
+    gx = None
+    if ctx.needs_input_grad[0]:
+        gx = (g2 @ wc.reshape(o, cin)).reshape(gy.shape[0], *gy.shape[2:], cin)
+        gx = gx.permute(0, gx.dim() - 1, *range(1, gx.dim() - 1))
+    g3, x3 = g2.reshape(3, -1, o), xc.permute(last).reshape(3, -1, cin)
+    out: list = []
+    if ctx.dest.derived[0]:
+        ctx.dest.deliver(0, weight, torch.bmm(g3.transpose(1, 2), x3).reshape(3, *wc.shape), out)
+    else:
+        ctx.dest.sink.linear(weight, g3, x3)
+    ctx.dest.deliver(1, bias, lambda: g3.sum(1), out)
+    return gx, None, None, torch.zeros(()), None, None, *out
+
+
 @dataclass(frozen=True)
 class ConvArgs:
     fn: Callable
@@ -191,6 +217,10 @@ class ConvArgs:
     padding: list[int]
     dilation: list[int]
     groups: int
+
+    def pointwise(self, weight: torch.Tensor) -> bool:
+        return (self.groups == 1 and all(k == 1 for k in weight.shape[2:])
+                and all(s == 1 for s in self.stride) and not any(self.padding))
 
 
 class NormGroups(torch.autograd.Function):

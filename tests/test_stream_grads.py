@@ -44,6 +44,7 @@ class Toy(nn.Module):
         elif kind == "conv1d":
             self.layers = nn.Sequential(nn.Flatten(2), nn.Conv1d(3, 5, 5, stride=3, padding=1),
                                         nn.GELU(), nn.Conv1d(5, 5, 3, groups=5), nn.GELU(),
+                                        nn.Conv1d(5, 5, 1), nn.GELU(),
                                         nn.AdaptiveAvgPool1d(1), nn.Flatten())
         elif kind == "layernorm":
             self.patch = nn.Conv2d(3, 10, 4, stride=4)
