@@ -22,6 +22,7 @@ from bench_stream_grads import ROUNDS, _setup, _variants
 from conftest import device_name, sync
 
 from csdfd.flatgrads import FlatGrads
+from csdfd.models import compile_backbone
 from csdfd.streamgrads import StreamGrads
 
 MODEL = "vit_tiny"
@@ -31,7 +32,7 @@ def _compiled_twin(model, size):
     twin = copy.deepcopy(model)
     fg = FlatGrads(twin.theta(), twin.theta_p(), k=2)
     sg = StreamGrads(twin, fg, "auto", img_size=size, log=lambda m: None)
-    twin.backbone.compile()
+    compile_backbone(twin)
     return twin, fg, sg
 
 

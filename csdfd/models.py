@@ -145,6 +145,17 @@ def build_model(cfg) -> Detector:
                     cfg.proj_width, cfg.proj_act, cfg.drop_rate)
 
 
+def compile_backbone(model: Detector) -> None:
+    """``torch.compile`` the backbone's forward in place (its state_dict keys do not change).
+
+    Donated buffers are turned off: a compiled backward that donates its saved buffers refuses
+    ``retain_graph=True``, and two-pass stream gradients (or OS alternating one plain backward
+    with two) run the backward of one compiled graph twice."""
+    if hasattr(torch, "_functorch") and hasattr(torch._functorch.config, "donated_buffer"):
+        torch._functorch.config.donated_buffer = False
+    model.backbone.compile()
+
+
 def normalisation(model: Detector) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Input mean and std the backbone expects (timm's pretrained config; ImageNet's if unset)."""
     pcfg = getattr(model.backbone, "pretrained_cfg", None) or {}

@@ -53,7 +53,7 @@ from .distributed import DataParallel, NullLog
 from .flatgrads import FlatGrads
 from .inference import to_input
 from .metrics import mean_over
-from .models import build_model, normalisation
+from .models import build_model, compile_backbone, normalisation
 from .ops import dispatch
 from .ops.stats import NONFINITE
 from .optim import build_optimizer, build_scheduler
@@ -115,7 +115,7 @@ class Trainer:
             channels_last=cfg.channels_last,
             log=(lambda m: None) if quiet or not self.dp.main else None)
         if cfg.compile:  # in place (state_dict keys unchanged), after the eager probe above
-            self.model.backbone.compile()
+            compile_backbone(self.model)
         self.bench = bench if bench is not None else load_benchmark(cfg)
         self.steps_per_epoch = _steps_per_epoch(self.bench, cfg.batch_size * self.dp.world)
         # torchrun, exact: the term of the global stream gradients (csdfd.cgr_exact)
