@@ -43,11 +43,13 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .onepass_ops import REAL, ConvArgs, ConvGroups, Dest, LinearGroups, NormGroups, RowSink
+from .onepass_ops import ConvArgs, ConvGroups, Dest, LinearGroups, NormGroups, RowSink
 
-__all__ = ["REAL", "GroupedForward", "RowSink", "Unsupported"]
+__all__ = ["GroupedForward", "RowSink", "Unsupported"]
 
-_ELEMENTWISE = {
+#: ops that pair rows one to one (broadcasting over the rest): a tracked argument is replaced
+#: by its per-row version
+_PER_ROW = {
     torch.add, torch.sub, torch.mul, torch.div, torch.Tensor.add, torch.Tensor.sub,
     torch.Tensor.mul, torch.Tensor.div, torch.Tensor.add_, torch.Tensor.sub_, torch.Tensor.mul_,
     torch.Tensor.div_, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__,
@@ -147,7 +149,7 @@ class GroupedForward(TorchFunctionMode):
         if func is F.group_norm:
             return self._norm("group", args, kwargs, ("input", "num_groups", "weight", "bias",
                                                       "eps"), (None, None, None, None, 1e-5))
-        if func in _ELEMENTWISE:
+        if func in _PER_ROW:
             return self._per_row(func, leaves, spec, tracked, batch)
         names = self._names(tracked)
         raise Unsupported(f"{names} used by {_fname(func)}, an op one-pass does not "
