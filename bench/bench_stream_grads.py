@@ -15,7 +15,9 @@ all alike; the ratios are medians over those rounds. Printed per model:
 two plain backward passes plus one forward (the forward timed alone, in the same rounds).
 Targets (issue 12): one-pass <= 1.15x plain for vit_tiny and convnext_atto, two-pass <= 1.05x
 of forward + 2 backward. ``CSDFD_BENCH_MODELS`` picks models (comma-separated names from
-MODELS); on a GPU the list adds vit_base at 224 px and efficientnet_b4 at 256 px.
+MODELS); on a GPU the list adds vit_base at 224 px and efficientnet_b4 at 256 px. On a CPU
+the steps run with the trainer's allocator setting (csdfd.cpumem, set in conftest.py;
+``CSDFD_BENCH_SYSTEM_MALLOC=1`` for glibc's defaults), named at the end of each line.
 
 Run: ``cd bench && python -m pytest -q -s bench_stream_grads.py``.
 """
@@ -30,7 +32,7 @@ import time
 import pytest
 import timm
 import torch
-from conftest import DEVICE, RESULTS, device_name, sync
+from conftest import DEVICE, MALLOC, RESULTS, device_name, sync
 
 from csdfd.flatgrads import FlatGrads
 from csdfd.models import Detector
@@ -122,9 +124,11 @@ def test_stream_grads_cost(name):
     line = (f"stream-grads {name}: two-pass {med['two-pass'] / plain:.2f}x, one-pass {one} "
             f"plain O+S | two-pass {med['two-pass'] / floor:.3f}x forward + 2 backward | "
             f"plain {plain * 1e3:.0f} ms ({MODELS[name][1]} px, batch {BATCH} per stream, "
-            f"{device_name()}, {torch.get_num_threads()} threads)")
+            f"{device_name()}, {torch.get_num_threads()} threads"
+            f"{f', malloc {MALLOC}' if MALLOC else ''})")
     LINES.append(line)
-    RECORD.append({"model": name, "median_s": med, "rounds": ROUNDS, "device": device_name()})
+    RECORD.append({"model": name, "median_s": med, "rounds": ROUNDS, "device": device_name(),
+                   "malloc": MALLOC or None})
     print("\n" + line)
 
 

@@ -3,7 +3,8 @@ table (time, effective bytes/s, speedup over the reference, fraction of copy ban
 at the end and saved as JSON under bench/results/.
 
 Environment: CSDFD_BENCH_SIZES="1e6,5e6" overrides the sizes; CSDFD_BENCH_TAG names the result
-file (default: device name + date).
+file (default: device name + date); CSDFD_BENCH_SYSTEM_MALLOC=1 runs CPU benchmarks with glibc's
+allocator defaults rather than the trainer's (csdfd.cpumem).
 """
 
 import datetime
@@ -19,6 +20,15 @@ if not torch.cuda.is_available():
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# CPU runs measure the trainer's host allocator (csdfd.cpumem; Config.keep_cpu_memory, on by
+# default): freed memory stays in the process. It is process-wide, so it is set here, for every
+# benchmark alike; CSDFD_BENCH_SYSTEM_MALLOC=1 keeps glibc's defaults instead.
+MALLOC = ""
+if DEVICE == "cpu":
+    from csdfd.cpumem import keep_freed_memory
+
+    MALLOC = ("glibc defaults" if os.environ.get("CSDFD_BENCH_SYSTEM_MALLOC")
+              else keep_freed_memory() or "kept")
 DEFAULT_SIZES = {"cuda": [1_000_000, 5_000_000, 20_000_000, 100_000_000],
                  "cpu": [1_000_000, 5_000_000, 20_000_000]}
 ROWS: list[dict] = []
@@ -133,7 +143,8 @@ def pytest_terminal_summary(terminalreporter):
     tag = os.environ.get("CSDFD_BENCH_TAG") or re.sub(
         r"[^A-Za-z0-9_.-]+", "-", f"{device_name()}-{datetime.date.today().isoformat()}")
     RESULTS.mkdir(exist_ok=True)
-    meta = dict(device=device_name(), torch=torch.__version__, date=str(datetime.date.today()))
+    meta = dict(device=device_name(), torch=torch.__version__, date=str(datetime.date.today()),
+                **({"malloc": MALLOC} if MALLOC else {}))
     try:
         import triton
 

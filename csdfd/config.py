@@ -103,6 +103,10 @@ class Config:
     compile: bool = _f(False, "torch.compile the backbone's forward (both stream-gradient "
                        "paths; the first steps compile, for a minute or more on a CPU; off by "
                        "default: see bench/bench_compile.py)")
+    keep_cpu_memory: bool = _f(True, "training on a CPU with glibc: keep freed memory in the "
+                               "process instead of faulting each step's pages in again "
+                               "(csdfd.cpumem; faster steps, most of all two-pass; the process "
+                               "keeps its peak memory)")
     eval_batch_size: int = _f(128, "batch size of evaluation")
     workers: int = _f(0, "DataLoader worker processes building training steps (0: in the "
                       "main process; results are identical either way)")

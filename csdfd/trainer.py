@@ -47,6 +47,7 @@ import torch
 from .cgr_exact import CGRGradient
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, dump_yaml
+from .cpumem import keep_freed_memory
 from .data import Benchmark, BlendedFrames, ConcatFrames, get_blend, load_benchmark
 from .data.stream import StepDataset, step_loader
 from .distributed import DataParallel, NullLog
@@ -98,6 +99,8 @@ class Trainer:
         self.cfg, self.out, self.quiet = cfg, Path(out), quiet
         self.dp = DataParallel(cfg.dist_uvs, cfg.dist_timeout, cfg.device)  # no-op alone
         self.device = self.dp.device(_device(cfg.device))
+        if cfg.keep_cpu_memory and self.device.type == "cpu":
+            keep_freed_memory()  # each step reuses the last one's pages (csdfd.cpumem)
         self.strategy = st = STRATEGIES[cfg.mode]
         self.backend = dispatch.resolve(cfg.backend, self.device)
         self.c, self.tau = (cfg.c if st.uvs else 0.0), (cfg.tau if st.cgr else 0.0)
