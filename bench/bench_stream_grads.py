@@ -75,9 +75,7 @@ def _variants(model, fg, sg, x) -> dict:
 
     def plain():
         losses = stream_losses(model(x))
-        fg.buf[0].zero_()
-        fg.point_grads(0)
-        torch.autograd.backward(losses[0] + losses[1], inputs=fg.params)
+        fg.backward_sum(losses[0] + losses[1])
 
     def two_pass():
         fg.backward(stream_losses(model(x)))

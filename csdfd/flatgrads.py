@@ -141,6 +141,13 @@ class FlatGrads:
                 after_row(row)
         self.point_grads(0)
 
+    def backward_sum(self, loss: torch.Tensor) -> None:
+        """A plain backward of ``loss`` (L1 + L2: the O+S gradient, eq. 3) into row 0, which
+        every ``.grad`` then views; the other rows are left as they are."""
+        self.buf[0].zero_()
+        self.point_grads(0)
+        torch.autograd.backward(loss, inputs=self.params)
+
     def step(
         self,
         c: float = 0.5,

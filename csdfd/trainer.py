@@ -65,8 +65,7 @@ from .steputil import GracefulStop as _GracefulStop
 from .steputil import copy_ as _copy
 from .steputil import pick_device as _device
 from .steputil import total_norm as _total_norm
-from . import streamgrads
-from .streamgrads import StreamGrads
+from .streamgrads import StreamGrads, stream_losses
 
 
 @dataclass(frozen=True)
@@ -178,27 +177,25 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             logits = (self.grads.forward(torch.cat(x), split) if self.fg is not None
                       else self.model(torch.cat(x))).float()
-        stream_losses = streamgrads.stream_losses(logits, n)  # eq. 3
+        per_stream = stream_losses(logits, n)  # eq. 3
         losses: list = [None, None]
-        for s, loss in zip(st.streams, stream_losses, strict=True):
+        for s, loss in zip(st.streams, per_stream, strict=True):
             losses[s - 1] = loss
         if not split:  # O, S, or OS between logging steps: one plain backward
-            loss = sum(stream_losses)
+            loss = sum(per_stream)
             if self.fg is None:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
             else:  # OS: L1 + L2 straight into row 0, which every .grad views
-                self.fg.buf[0].zero_()
-                self.fg.point_grads(0)
-                torch.autograd.backward(loss, inputs=self.fg.params)
+                self.fg.backward_sum(loss)
             self.dp.mean_grads(self.model.parameters())
             norm = _total_norm(self.model.parameters())
             return losses, None, norm, ~torch.isfinite(loss + norm)
         # Step 2: g1 and g2 into rows 0 and 1 of the flat buffer, by one backward of L1 + L2
         # or one per stream (csdfd.streamgrads); first, while the graph is alive, the exact
         # dL_phi/dtheta_p when cgr_grad=exact or on logging steps
-        self.cgr.prepare(stream_losses, log_step)
-        self.grads.backward(stream_losses, self.dp.row_hook(self.fg.buf))  # + async all-reduce
+        self.cgr.prepare(per_stream, log_step)
+        self.grads.backward(per_stream, self.dp.row_hook(self.fg.buf))  # + async all-reduce
         self.dp.before_op(self.fg.buf)  # torchrun, exact: the global rows (csdfd.distributed)
         self.cgr.compare()
         # Step 3: CGR on theta_p (eq. 24, or tau = 0 plus the exact term), UVS on theta
@@ -206,7 +203,7 @@ class Trainer:
         stats = self.fg.step(self.c, self.cgr.op_tau, cfg.solver, self.iters, self.backend)
         self.cgr.apply()
         self.dp.after_op(self.fg.buf)  # torchrun, local: the mean of the ranks' row 0
-        bad = ~torch.isfinite(stream_losses[0] + stream_losses[1])
+        bad = ~torch.isfinite(per_stream[0] + per_stream[1])
         bad |= (stats.status.to(torch.int32) & NONFINITE) != 0
         return losses, stats, None, bad
 

@@ -51,6 +51,21 @@ def test_rows_hold_each_streams_gradient():
     torch.testing.assert_close(fg.buf[1], want[1])
 
 
+def test_backward_sum_writes_the_summed_gradient_into_row0_only():
+    """OS between logging steps: one backward of L1 + L2 into row 0 (stale values there are
+    overwritten, row 1 is left alone, every .grad views row 0)."""
+    backbone, phi, head, fg = build()
+    l1, l2 = losses(backbone, phi, head, torch.randn(6, 3, 8, 8))
+    want = torch.cat([g.flatten() for g in torch.autograd.grad(l1 + l2, fg.params,
+                                                               retain_graph=True)])
+    fg.buf.fill_(7.0)
+    fg.backward_sum(l1 + l2)
+    torch.testing.assert_close(fg.buf[0], want)
+    assert bool((fg.buf[1] == 7.0).all())
+    assert all(p.grad.data_ptr() == v.data_ptr() for p, v in zip(fg.params, fg.rows[0],
+                                                                  strict=True))
+
+
 @pytest.mark.parametrize("mode", ["step", "sum"])
 def test_grad_views_alias_row0_and_optimizer_steps(mode):
     backbone, phi, head, fg = build()
